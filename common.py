@@ -1,6 +1,273 @@
-"""What every train_*.py script repeats: errors, seeding, device, DDP, atomic files, run folders, metrics."""
+"""What every train_*.py script repeats, in one short file: clear errors, seeding, `--device auto`,
+torchrun/DDP set-up, atomic files and checkpoints, run folders, and metric reports on scikit-learn.
+
+    from common import InputError, run_main, add_logistics_args, seed_everything, ...
+"""
+import argparse
+import json
+import os
+import random
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn import metrics as skm
 
 
 class InputError(Exception):
     """Bad user input (a file, a flag, a dataset). The message is one line that names the file and the
     problem; scripts print it without a traceback and exit non-zero."""
+
+
+def run_main(main):
+    """Call `main()`; an InputError becomes one `error: ...` line on stderr and exit status 2.
+    `--debug` anywhere on the command line shows the full traceback instead."""
+    try:
+        return main()
+    except InputError as error:
+        if "--debug" in sys.argv:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def add_logistics_args(parser, *, default_seed=0):
+    """The flags every script shares, in their own argparse group."""
+    group = parser.add_argument_group("Logistics")
+    group.add_argument("--seed", type=int, default=default_seed, help="random seed for torch, numpy and random (default %(default)s)")
+    group.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default %(default)s)")
+    group.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    return group
+
+
+def seed_everything(seed, *, deterministic=False):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name="auto"):
+    """'auto' picks CUDA when present (the torchrun LOCAL_RANK device) and the CPU otherwise."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+        if name == "cuda":
+            name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return torch.device(name)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+
+def setup_distributed(device):
+    """DDP from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK): nccl on CUDA, gloo on CPU.
+    Without torchrun this is a no-op that returns a single-process Distributed()."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return Distributed()
+    dist = Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist
+
+
+def cleanup_distributed(dist):
+    if dist.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def atomic_write(path, write, *, binary=True):
+    """Write through `write(file)` into a temp file beside `path`, then rename it over `path`, so a crash
+    never leaves a half-written file. Raises InputError naming the path when the folder is not writable."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise InputError(f"{path}: cannot write here ({error.strerror})") from None
+    try:
+        with os.fdopen(handle, "wb" if binary else "w", encoding=None if binary else "utf-8") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, path)
+    except OSError as error:
+        Path(temp_name).unlink(missing_ok=True)
+        raise InputError(f"{path}: write failed ({error.strerror})") from None
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path, payload):
+    return atomic_write(path, lambda file: json.dump(payload, file, indent=2, ensure_ascii=False, default=_jsonable), binary=False)
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def save_checkpoint(path, state):
+    """Atomic torch.save of plain tensors, numbers, strings, lists and dicts (loadable with weights_only)."""
+    return atomic_write(path, lambda file: torch.save(state, file))
+
+
+def load_checkpoint(path, map_location="cpu"):
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or foreign files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+
+
+def make_run_dir(out, args, *, default_root):
+    """Create the run folder (`--out`, or a new numbered folder under `default_root`) and write args.json
+    with the exact command line. Returns the folder as a Path."""
+    if out:
+        run_dir = Path(out)
+    else:
+        root = Path(default_root)
+        existing = [int(p.name) for p in root.glob("[0-9]*") if p.name.isdigit()] if root.is_dir() else []
+        run_dir = root / f"{max(existing, default=0) + 1:03d}"
+    write_json(run_dir / "args.json", {"command": command_line(), "args": vars(args)})
+    return run_dir
+
+
+def command_line():
+    return " ".join(shlex.quote(part) for part in [Path(sys.executable).name, *sys.argv])
+
+
+# ---------------------------------------------------------------- metrics
+
+def classification_report(labels, predictions, *, class_names, train_labels=None):
+    """Single-label classification metrics (scikit-learn). The majority baseline predicts the most
+    frequent class of `train_labels` (of `labels` when none are given, which `majority_source` states)."""
+    labels = np.asarray(labels)
+    predictions = np.asarray(predictions)
+    class_ids = list(range(len(class_names)))
+    reference = np.asarray(train_labels) if train_labels is not None else labels
+    majority_class = int(np.bincount(reference, minlength=len(class_names)).argmax())
+    majority_predictions = np.full_like(labels, majority_class)
+    per_class = skm.f1_score(labels, predictions, labels=class_ids, average=None, zero_division=0)
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(skm.accuracy_score(labels, predictions)),
+        "macro_f1": float(skm.f1_score(labels, predictions, labels=class_ids, average="macro", zero_division=0)),
+        "weighted_f1": float(skm.f1_score(labels, predictions, labels=class_ids, average="weighted", zero_division=0)),
+        "per_class_f1": {name: float(score) for name, score in zip(class_names, per_class)},
+        "confusion_matrix": skm.confusion_matrix(labels, predictions, labels=class_ids).tolist(),
+        "majority_class": class_names[majority_class],
+        "majority_source": "train" if train_labels is not None else "evaluated split",
+        "majority_baseline_accuracy": float(skm.accuracy_score(labels, majority_predictions)),
+        "majority_baseline_macro_f1": float(skm.f1_score(labels, majority_predictions, labels=class_ids, average="macro", zero_division=0)),
+        "majority_baseline_weighted_f1": float(skm.f1_score(labels, majority_predictions, labels=class_ids, average="weighted", zero_division=0)),
+    }
+
+
+def best_f1_threshold(labels, scores, *, grid=None):
+    """The threshold in `grid` (default 0.05, 0.10, ..., 0.95) with the highest F1. Call it on validation
+    data only; apply the result to test."""
+    grid = np.round(np.arange(0.05, 0.951, 0.05), 2) if grid is None else np.asarray(grid)
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores)
+    f1_by_threshold = [skm.f1_score(labels, (scores >= t).astype(int), zero_division=0) for t in grid]
+    return float(grid[int(np.argmax(f1_by_threshold))])
+
+
+def binary_report(labels, scores, *, thresholds):
+    """Binary detection metrics: F1/precision/recall at each named threshold ({"name": value}), AP, AUROC,
+    and the all-positive baseline (predict every item positive)."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=float)
+    both_classes = 0 < labels.sum() < len(labels)
+    report = {
+        "n": int(len(labels)),
+        "positive_rate": float(labels.mean()) if len(labels) else 0.0,
+        "average_precision": float(skm.average_precision_score(labels, scores)) if both_classes else float("nan"),
+        "auroc": float(skm.roc_auc_score(labels, scores)) if both_classes else float("nan"),
+        "all_positive_f1": float(skm.f1_score(labels, np.ones_like(labels), zero_division=0)),
+    }
+    for name, threshold in thresholds.items():
+        predicted = (scores >= threshold).astype(int)
+        report[f"f1@{name}"] = float(skm.f1_score(labels, predicted, zero_division=0))
+        report[f"precision@{name}"] = float(skm.precision_score(labels, predicted, zero_division=0))
+        report[f"recall@{name}"] = float(skm.recall_score(labels, predicted, zero_division=0))
+        report[f"threshold@{name}"] = float(threshold)
+    return report
+
+
+def format_table(rows, columns):
+    """Plain-text table of dict rows; floats to 3 decimals."""
+    cells = [[f"{row.get(c):.3f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def parse_ids(text, *, flag):
+    """'1,2,5-7' -> [1, 2, 5, 6, 7] for --test-actors style flags."""
+    ids = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            low, _, high = part.partition("-")
+            ids.extend(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: expected comma-separated numbers or ranges like 1,2,5-7") from None
+    return ids
+
+
+def progress(iterable, *, enabled=True, **kwargs):
+    """A tqdm bar on stderr (rank 0 only; pass enabled=dist.is_main)."""
+    from tqdm.auto import tqdm
+    return tqdm(iterable, disable=not enabled, dynamic_ncols=True, **kwargs)
+
+
+def ensure_writable(folder):
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{folder}: cannot create output folder ({error.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{folder}: output folder is not writable")
+    return folder
+
+
+def argument_parser(doc):
+    """ArgumentParser whose description is the script's docstring, shown verbatim in -h."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,0 +1,98 @@
+"""common.py: golden metrics, atomic files, checkpoints, one-line errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+from common import InputError
+
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "metrics.json").read_text())
+
+
+def assert_close(actual, expected):
+    if isinstance(expected, dict):
+        for key, value in expected.items():
+            assert_close(actual[key], value)
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, abs=1e-6)
+    else:
+        assert actual == expected
+
+
+def test_classification_report_golden():
+    case = GOLDEN["classification"]
+    report = common.classification_report(case["labels"], case["predictions"], class_names=case["class_names"],
+                                           train_labels=case["train_labels"])
+    assert_close(report, case["expected"])
+    assert report["majority_source"] == "train"
+
+
+def test_binary_report_and_threshold_golden():
+    case = GOLDEN["binary"]
+    expected = dict(case["expected"])
+    best = expected.pop("best_threshold")
+    report = common.binary_report(case["labels"], case["scores"], thresholds={"0.5": 0.5})
+    assert_close(report, expected)
+    assert common.best_f1_threshold(case["labels"], case["scores"]) == pytest.approx(best)
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "cache.bin"
+    target.write_bytes(b"old")
+
+    def crash(file):
+        file.write(b"half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        common.atomic_write(target, crash)
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]  # no temp file left behind
+
+
+def test_checkpoint_roundtrip_weights_only(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    path = common.save_checkpoint(tmp_path / "model.pt", {"model": model.state_dict(), "epoch": 4, "args": {"lr": 0.1}})
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 4 and torch.equal(state["model"]["weight"], model.weight)
+    assert common.load_checkpoint(path)["args"] == {"lr": 0.1}
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="bad.pt: not a readable checkpoint"):
+        common.load_checkpoint(bad)
+    with pytest.raises(InputError, match="missing.pt: checkpoint not found"):
+        common.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_run_dir_records_command(tmp_path):
+    import argparse
+    args = argparse.Namespace(lr=0.5, out=None)
+    first = common.make_run_dir(None, args, default_root=tmp_path)
+    second = common.make_run_dir(None, args, default_root=tmp_path)
+    assert (first.name, second.name) == ("001", "002")
+    recorded = json.loads((first / "args.json").read_text())
+    assert recorded["args"]["lr"] == 0.5 and "command" in recorded
+
+
+def test_run_main_prints_one_line_and_exits_2(tmp_path):
+    script = "import common\ndef main():\n    raise common.InputError('clip.mp4: no audio stream')\ncommon.run_main(main)\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(common.__file__).parent)
+    assert result.returncode == 2
+    assert result.stderr == "error: clip.mp4: no audio stream\n"
+
+
+def test_parse_ids_and_device():
+    assert common.parse_ids("1,2,5-7", flag="--test-actors") == [1, 2, 5, 6, 7]
+    with pytest.raises(InputError, match="--test-actors"):
+        common.parse_ids("a,b", flag="--test-actors")
+    assert common.resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            common.resolve_device("cuda")
