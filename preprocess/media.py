@@ -1,0 +1,371 @@
+"""Media I/O: the one frame sampler and the one audio loader every script uses.
+
+Video is decoded with PyAV, sequentially and threaded, and sampled by presentation timestamp: for the
+targets 0, step, 2*step, ... the first decoded frame whose pts >= target is kept, converted to RGB
+uint8 (and resized by swscale) and yielded; the others are never converted. Nothing accumulates, so
+memory does not depend on the video's length. Times are seconds from the stream's first timestamp.
+
+Audio is read by soundfile (.wav, .flac) or by PyAV (the audio stream of anything else), mixed to
+mono (mean of the channels) and resampled with torchaudio to 16 kHz float32. `load_audio` reads a
+whole file; `iter_audio` streams it in chunks whose concatenation equals `load_audio`.
+
+Every failure (missing, empty, truncated or non-media file, missing stream) raises `MediaError`
+with one line that names the file.
+"""
+import functools
+import math
+import os
+from fractions import Fraction
+
+import av
+import numpy as np
+import soundfile
+import torch
+import torchaudio.transforms
+
+from common import InputError
+
+SOUNDFILE_SUFFIXES = (".wav", ".flac")
+# a stream that stops this much before the duration its container declares is a truncated file
+TRUNCATION_TOLERANCE_S = 1.0
+
+
+class MediaError(InputError):
+    """A media file that cannot be read as asked; the message is `<path>: <problem>` on one line."""
+
+    def __init__(self, path, problem):
+        super().__init__(_one_line(f"{os.fspath(path)}: {problem}"))
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _ffmpeg_reason(error):
+    return getattr(error, "strerror", None) or str(error)
+
+
+def _check_file(path):
+    if not os.path.exists(path):
+        raise MediaError(path, "no such file")
+    if os.path.isdir(path):
+        raise MediaError(path, "is a directory, not a media file")
+    if os.path.getsize(path) == 0:
+        raise MediaError(path, "empty file (0 bytes)")
+
+
+def _open_container(path):
+    _check_file(path)
+    try:
+        container = av.open(os.fspath(path))
+    except av.FFmpegError as error:
+        raise MediaError(path, f"not a readable media file ({_ffmpeg_reason(error)})") from None
+    file_size = os.path.getsize(path)
+    for stream in container.streams:
+        entries = stream.index_entries  # mp4/mov know where every packet lies: check the last one
+        if not len(entries):
+            continue
+        last = entries[len(entries) - 1]  # IndexEntries has no negative indexing (it crashes)
+        if last.pos + last.size > file_size:
+            container.close()
+            raise MediaError(path, f"truncated: {file_size} bytes but its index reaches byte "
+                                   f"{last.pos + last.size}")
+    return container
+
+
+def _video_stream(container, path):
+    if not container.streams.video:
+        raise MediaError(path, "no video stream")
+    return container.streams.video[0]
+
+
+def _audio_stream(container, path):
+    if not container.streams.audio:
+        raise MediaError(path, "no audio stream")
+    return container.streams.audio[0]
+
+
+# ---------------------------------------------------------------------------------------------- probe
+
+def probe(path):
+    """Stream metadata without decoding: duration_s, has_video, has_audio, fps, width, height,
+    audio_sample_rate, frame_count (the container's count, else duration x fps; an estimate).
+    Fields of a missing stream are None."""
+    with _open_container(path) as container:
+        video = container.streams.video[0] if container.streams.video else None
+        audio = container.streams.audio[0] if container.streams.audio else None
+        duration_s = container.duration / av.time_base if container.duration is not None else None
+        if duration_s is None:
+            stream_durations = [float(s.duration * s.time_base) for s in (video, audio)
+                                if s is not None and s.duration is not None]
+            duration_s = max(stream_durations, default=None)
+        info = {"duration_s": duration_s, "has_video": video is not None, "has_audio": audio is not None,
+                "fps": None, "width": None, "height": None, "frame_count": None,
+                "audio_sample_rate": audio.codec_context.sample_rate if audio is not None else None}
+        if video is not None:
+            rate = video.average_rate or video.guessed_rate
+            info["fps"] = float(rate) if rate else None
+            info["width"], info["height"] = video.codec_context.width, video.codec_context.height
+            if video.frames:
+                info["frame_count"] = video.frames
+            elif duration_s is not None and info["fps"]:
+                info["frame_count"] = round(duration_s * info["fps"])
+        return info
+
+
+# -------------------------------------------------------------------------------------------- frames
+
+def _sampling_step(fps, interval_ms):
+    """Seconds between targets as an exact fraction, or None to keep every frame."""
+    if fps is not None and interval_ms is not None:
+        raise ValueError("give fps or interval_ms, not both")
+    if fps is not None:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        return 1 / Fraction(fps).limit_denominator(1_000_000)
+    if interval_ms is not None:
+        if interval_ms <= 0:
+            raise ValueError(f"interval_ms must be positive, got {interval_ms}")
+        return Fraction(interval_ms).limit_denominator(1_000_000) / 1000
+    return None
+
+
+def _output_geometry(width, height, size, center_crop):
+    """(resize_width, resize_height, crop) where crop is (top, left, side) or None."""
+    if size is None:
+        if center_crop:
+            raise ValueError("center_crop needs size")
+        return width, height, None
+    if isinstance(size, int):
+        scale = size / min(width, height)
+        resize_width = max(size, round(width * scale))
+        resize_height = max(size, round(height * scale))
+        if not center_crop:
+            return resize_width, resize_height, None
+        return resize_width, resize_height, ((resize_height - size) // 2, (resize_width - size) // 2, size)
+    resize_height, resize_width = size
+    if center_crop:
+        raise ValueError("center_crop needs an int size (the shorter side), not (height, width)")
+    return resize_width, resize_height, None
+
+
+def iter_frames(path, *, fps=None, interval_ms=None, size=None, center_crop=False, threads=True):
+    """Yield (timestamp_s, frame) with frame an RGB uint8 array (H, W, 3).
+
+    With fps or interval_ms, timestamp_s runs over the targets 0, step, 2*step, ... and frame is the
+    first decoded frame whose pts >= target (a frame serves several targets when the video's own
+    rate is lower; those repeats are copies). Targets after the last frame are not yielded. With
+    neither, every frame is yielded with its own time. size: int -> shorter side = size, aspect kept
+    (center_crop=True then cuts the central size x size square); (height, width) -> exactly that.
+    """
+    step = _sampling_step(fps, interval_ms)
+    container = _open_container(path)
+    with container:
+        stream = _video_stream(container, path)
+        if threads:
+            stream.thread_type = "AUTO"
+        for other in container.streams:
+            if other is not stream:
+                other.discard = av.stream.Discard.all  # the demuxer drops their packets early
+        resize_width, resize_height, crop = _output_geometry(
+            stream.codec_context.width, stream.codec_context.height, size, center_crop)
+        time_base = stream.time_base
+        frame_rate = stream.average_rate or stream.guessed_rate or 25
+        frame_ticks = max(1, round(1 / (frame_rate * time_base)))  # one frame period in pts units
+
+        def to_rgb(frame):
+            rgb = frame.reformat(width=resize_width, height=resize_height, format="rgb24").to_ndarray()
+            if crop is not None:
+                top, left, side = crop
+                rgb = np.ascontiguousarray(rgb[top:top + side, left:left + side])
+            return rgb
+
+        def seconds(pts):
+            return float((pts - start_pts) * time_base)
+
+        # the per-frame test is one integer comparison: pts >= the first pts at or after the target
+        start_pts = target_pts = stream.start_time
+        last_pts = None
+        target_index = 0
+        try:
+            for frame in container.decode(stream):
+                pts = frame.pts
+                if pts is None:  # rare (raw streams): assume a constant rate
+                    pts = 0 if last_pts is None else last_pts + frame_ticks
+                if start_pts is None:
+                    start_pts = target_pts = pts
+                last_pts = pts
+                if step is None:
+                    yield seconds(pts), to_rgb(frame)
+                    continue
+                rgb = None
+                while pts >= target_pts:
+                    rgb = to_rgb(frame) if rgb is None else rgb.copy()
+                    yield float(target_index * step), rgb
+                    target_index += 1
+                    target_pts = start_pts + math.ceil(target_index * step / time_base)
+        except av.FFmpegError as error:
+            reached = seconds(last_pts) if last_pts is not None else 0.0
+            raise MediaError(path, f"truncated or corrupt video near {reached:.2f} s "
+                                   f"({_ffmpeg_reason(error)})") from None
+        if last_pts is None:
+            raise MediaError(path, "no video frames decoded")
+        declared_s = float(stream.duration * time_base) if stream.duration else None
+        ended_early = declared_s is not None and declared_s - seconds(last_pts) > TRUNCATION_TOLERANCE_S
+        if ended_early:
+            raise MediaError(path, f"truncated: video ends at {seconds(last_pts):.2f} s of the "
+                                   f"{declared_s:.2f} s its container declares")
+
+
+def read_frames(path, **sampler_options):
+    """For short clips: (timestamps list, uint8 array (N, H, W, 3)) from iter_frames(path, ...)."""
+    timestamps, frames = [], []
+    for timestamp, frame in iter_frames(path, **sampler_options):
+        timestamps.append(timestamp)
+        frames.append(frame)
+    if not frames:
+        raise MediaError(path, "no video frames decoded")
+    return timestamps, np.stack(frames)
+
+
+# --------------------------------------------------------------------------------------------- audio
+
+_INT_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
+
+
+def _frame_channels(frame):
+    """(channels, samples) float32 from a decoded AudioFrame of any sample format."""
+    samples = frame.to_ndarray()
+    if not frame.format.is_planar:  # packed: (1, samples * channels), interleaved
+        samples = samples.reshape(-1, frame.layout.nb_channels).T
+    name = frame.format.name.rstrip("p")
+    if name == "u8":
+        return (samples.astype(np.float32) - 128.0) / 128.0
+    if name in _INT_SCALE:
+        return (samples / _INT_SCALE[name]).astype(np.float32)
+    return samples.astype(np.float32, copy=False)
+
+
+def _native_mono_blocks(path, block_frames=65536):
+    """The decoding core: (native_rate, blocks) with blocks an iterator of mono float32 numpy arrays."""
+    _check_file(path)
+    if os.fspath(path).lower().endswith(SOUNDFILE_SUFFIXES):
+        try:
+            sound = soundfile.SoundFile(os.fspath(path))
+        except (soundfile.LibsndfileError, RuntimeError) as error:
+            raise MediaError(path, f"not a readable audio file ({error})") from None
+        if sound.frames == 0:
+            sound.close()
+            raise MediaError(path, "no audio samples")
+
+        def soundfile_blocks():
+            with sound:
+                for block in sound.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+                    yield block.mean(axis=1, dtype=np.float32)  # block: (samples, channels)
+
+        return sound.samplerate, soundfile_blocks()
+
+    container = _open_container(path)
+    try:
+        stream = _audio_stream(container, path)
+    except MediaError:
+        container.close()
+        raise
+    for other in container.streams:
+        if other is not stream:
+            other.discard = av.stream.Discard.all
+    native_rate = stream.codec_context.sample_rate
+
+    # the encoder pads its last frame; the container's stream duration says where the audio ends
+    total = (round(stream.duration * stream.time_base * native_rate)
+             if stream.duration is not None else None)
+
+    def pyav_blocks():
+        decoded = 0
+        with container:
+            try:
+                for frame in container.decode(stream):
+                    mono = _frame_channels(frame).mean(axis=0, dtype=np.float32)  # (samples,)
+                    if total is not None:
+                        mono = mono[:max(0, total - decoded)]
+                    decoded += len(mono)
+                    if len(mono):
+                        yield mono
+            except av.FFmpegError as error:
+                raise MediaError(path, f"truncated or corrupt audio near {decoded / native_rate:.2f} s "
+                                       f"({_ffmpeg_reason(error)})") from None
+            if total is not None and total - decoded > TRUNCATION_TOLERANCE_S * native_rate:
+                raise MediaError(path, f"truncated: audio ends at {decoded / native_rate:.2f} s of the "
+                                       f"{total / native_rate:.2f} s its container declares")
+
+    return native_rate, pyav_blocks()
+
+
+@functools.lru_cache(maxsize=8)
+def _resampler(native_rate, sample_rate):
+    """torchaudio's default sinc resampler with its kernel built once (as functional.resample computes)."""
+    return torchaudio.transforms.Resample(native_rate, sample_rate)
+
+
+def _resample(wave, native_rate, sample_rate):
+    if native_rate == sample_rate:
+        return wave
+    with torch.no_grad():
+        return _resampler(native_rate, sample_rate)(wave)
+
+
+def load_audio(path, *, sample_rate=16000):
+    """The whole audio of a file (wav/flac via soundfile, else the first audio stream via PyAV) as
+    mono float32 torch tensor (samples,) at sample_rate."""
+    native_rate, blocks = _native_mono_blocks(path)
+    parts = list(blocks)
+    if not parts or sum(len(part) for part in parts) == 0:
+        raise MediaError(path, "no audio samples")
+    return _resample(torch.from_numpy(np.concatenate(parts)), native_rate, sample_rate)
+
+
+def iter_audio(path, *, chunk_seconds=60.0, sample_rate=16000):
+    """Stream the audio as (start_s, chunk) with chunk a mono float32 tensor (samples,) at sample_rate;
+    the chunks' concatenation equals load_audio(path) (to float rounding). Chunks are about
+    chunk_seconds long, cut on native samples that map to whole output samples, and each is resampled
+    with native-rate context on both sides (then trimmed), so memory stays flat for any length."""
+    native_rate, blocks = _native_mono_blocks(path)
+    divisor = math.gcd(native_rate, sample_rate)
+    native_period = native_rate // divisor  # native samples that make exactly output_period outputs
+    output_period = sample_rate // divisor
+    chunk_native = max(1, round(chunk_seconds * native_rate) // native_period) * native_period
+    # native samples torchaudio's sinc kernel (lowpass_filter_width 6, rolloff 0.99) reaches on each
+    # side of an output; the context is that plus a margin, in whole periods to keep the phase
+    kernel_reach = math.ceil(6 * native_period / (0.99 * min(native_period, output_period)))
+    context = math.ceil((kernel_reach + 64) / native_period) * native_period
+
+    buffer = np.zeros(0, np.float32)  # native samples from (chunk_start - left_context) onwards
+    chunk_start = 0  # native sample index of the next chunk
+    left_context = 0
+    emitted = False
+    exhausted = False
+    while True:
+        pending, pending_length = [buffer], len(buffer)
+        while not exhausted and pending_length < left_context + chunk_native + context:
+            block = next(blocks, None)
+            if block is None:
+                exhausted = True
+            else:
+                pending.append(block)
+                pending_length += len(block)
+        buffer = np.concatenate(pending)
+        chunk_length = min(chunk_native, len(buffer) - left_context)
+        if chunk_length <= 0:
+            break
+        resampled = _resample(torch.from_numpy(buffer[:left_context + chunk_length + context].copy()),
+                              native_rate, sample_rate)
+        first = left_context // native_period * output_period
+        count = math.ceil(chunk_length * output_period / native_period)
+        yield chunk_start / native_rate, resampled[first:first + count]
+        emitted = True
+        chunk_start += chunk_length
+        keep_from = left_context + chunk_length - context
+        left_context = min(context, left_context + chunk_length)
+        buffer = buffer[max(0, keep_from):]
+    if not emitted:
+        raise MediaError(path, "no audio samples")
