@@ -1,0 +1,373 @@
+"""RAVDESS audio-visual emotion classifier (seed 002), trained and tested on disjoint actors.
+
+Audio only, offline log-mel CNN, 5 folds over the actors present (each fold: 1/5 of the actors test,
+the next 1/5 validation, the rest train):
+    python train_av.py --data ../shared/data/ravdess-16k -mod a --folds 5 --out runs/av/mel-5fold
+Audio-visual on the full release, the published peers' test actors:
+    python train_av.py --data RAVDESS/ -mod av --test-actors 5,10,16,19 --val-actors 1,2,3,4 --video-weights weights/resnet18.pth
+Any labelled corpus (CSV with path,label,group), wav2vec2 from a local folder:
+    python train_av.py --manifest clips.csv -mod a --audio-encoder wav2vec2 --audio-model weights/wav2vec2-base
+Predict with a trained run (the checkpoint carries its settings):
+    python train_av.py --predict clip.mp4 other.wav --ckpt runs/av/001/model.pt
+Several processes or GPUs (DDP; --batch-size is split over the processes):
+    torchrun --nproc_per_node=2 train_av.py --data DIR -mod av
+
+Outputs in --out (default runs/av/NNN): args.json, split.json, failures.csv, model.pt (best on
+validation), last.pt (for --resume), metrics.json {"val": ..., "test": ...}; with --folds, one fold_K/
+folder each and a top-level metrics.json with the pooled test predictions of all folds. Validation
+picks the checkpoint; the test actors are evaluated once, at the end.
+"""
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from common import (InputError, add_logistics_args, argument_parser, atomic_write, classification_report,
+                    cleanup_distributed, format_table, load_checkpoint, make_run_dir, parse_ids, progress,
+                    resolve_device, run_main, save_checkpoint, seed_everything, setup_distributed, write_json)
+from models.av_emotion import AUDIO_ENCODERS, AVEmotionClassifier, VideoEncoder
+from preprocess.cache import ensure_cached
+from preprocess.media import MediaError, load_audio, read_frames
+from preprocess.ravdess import EMOTIONS, FOUR_CLASSES, read_manifest, scan_ravdess
+
+SAMPLE_RATE = 16000
+
+
+def build_parser():
+    parser = argument_parser(__doc__)
+    data = parser.add_argument_group("Data")
+    data.add_argument("--data", help="RAVDESS folder (Actor_XX/MM-VV-EE-II-SS-RR-AA.mp4|wav; 48 kHz originals or 16 kHz copies)")
+    data.add_argument("--manifest", help="CSV with columns path,label,group (group = speaker) instead of --data")
+    data.add_argument("--channel", default="speech", choices=["speech", "song", "all"], help="RAVDESS vocal channel to use (default %(default)s)")
+    data.add_argument("--classes", type=int, default=8, choices=[8, 4], help="8 emotions, or the seed's 4 (sad, happy, disgust, angry) (default %(default)s)")
+    data.add_argument("--cache", default="cache/av", help="folder for decoded waveforms and frames, reused across runs (default %(default)s)")
+    split = parser.add_argument_group("Splits (by actor / group only)")
+    split.add_argument("--test-actors", "--test-groups", default="21-24", help="actors (1,2,5-7) or manifest groups held out for test (default %(default)s; absent actors give no test split)")
+    split.add_argument("--val-actors", "--val-groups", default="17-20", help="actors or groups for validation / checkpoint selection (default %(default)s)")
+    split.add_argument("--folds", type=int, default=0, help="K>1: K-fold by actor instead of the two flags above; fold k tests on group k and validates on group k+1")
+    model = parser.add_argument_group("Model")
+    model.add_argument("-mod", "--modalities", default="av", choices=["a", "v", "av"], help="audio, video or both (default %(default)s)")
+    model.add_argument("--audio-encoder", default="mel", choices=sorted(AUDIO_ENCODERS), help="mel: log-mel CNN from scratch (offline); wav2vec2: pretrained (default %(default)s)")
+    model.add_argument("--audio-model", default="facebook/wav2vec2-base", help="wav2vec2 name or local directory (default %(default)s)")
+    model.add_argument("--audio-trainable-layers", type=int, default=2, help="wav2vec2 transformer layers fine-tuned from the top (default %(default)s)")
+    model.add_argument("--max-bin-shift", type=int, default=3, help="mel encoder augmentation: random shift of up to N mel bins per training clip, 0 = off (default %(default)s)")
+    model.add_argument("--max-audio-seconds", type=float, default=6.0, help="longer audio is cut (random window in training, centre in evaluation) (default %(default)s)")
+    model.add_argument("--train-crop-seconds", type=float, default=3.0, help="random audio crop length while training, 0 = whole clip (default %(default)s)")
+    model.add_argument("--video-fps", type=float, default=6.0, help="frames sampled per second by timestamp (default %(default)s)")
+    model.add_argument("--max-frames", type=int, default=30, help="frames per clip after uniform subsampling (default %(default)s)")
+    model.add_argument("--frame-size", type=int, default=112, help="centre-cropped square frame side in pixels (default %(default)s)")
+    model.add_argument("--video-weights", help="torchvision ResNet-18 ImageNet state dict (.pth file or folder); random init without it")
+    model.add_argument("--video-frozen-stages", type=int, default=None, help="ResNet stages (0-4) kept frozen after the stem; default 2 with --video-weights, 0 without")
+    train = parser.add_argument_group("Training")
+    train.add_argument("--epochs", type=int, default=40, help="(default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=32, help="global batch size (default %(default)s)")
+    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of AdamW with one-cycle schedule (seed: Adam 1e-3, StepLR) (default %(default)s)")
+    train.add_argument("--weight-decay", type=float, default=5e-2, help="(default %(default)s)")
+    train.add_argument("--label-smoothing", type=float, default=0.1, help="(default %(default)s)")
+    train.add_argument("--select", default="accuracy", choices=["accuracy", "macro_f1"], help="validation metric that picks the checkpoint (default %(default)s)")
+    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default %(default)s)")
+    run = parser.add_argument_group("Run")
+    run.add_argument("--out", help="run folder (default: a new runs/av/NNN)")
+    run.add_argument("--resume", action="store_true", help="continue each split from its last.pt in --out (a finished fold is only re-evaluated)")
+    run.add_argument("--predict", nargs="+", metavar="FILE", help="classify these wav/mp4 files with --ckpt and print JSON")
+    run.add_argument("--ckpt", help="model.pt of a trained run, for --predict")
+    add_logistics_args(parser)
+    return parser
+
+
+# ---------------------------------------------------------------- data
+
+def decode_trial(trial, args):
+    """Cache paths {"audio": .npy float32 (S,), "frames": .npy uint8 (T, H, W, 3)} for one trial."""
+    paths = {}
+    if "a" in args.modalities:
+        source = trial.audio_path()
+        if source is None:
+            raise MediaError(f"{trial.key}: no audio file for this trial")
+        paths["audio"] = ensure_cached(args.cache, source, {"sample_rate": SAMPLE_RATE},
+                                       lambda: load_audio(source, sample_rate=SAMPLE_RATE).numpy())
+    if "v" in args.modalities:
+        source = trial.video_path()
+        if source is None:
+            raise MediaError(f"{trial.key}: no video file for this trial")
+        settings = {"fps": args.video_fps, "size": args.frame_size}
+        paths["frames"] = ensure_cached(args.cache, source, settings, lambda: read_frames(
+            source, fps=args.video_fps, size=args.frame_size, center_crop=True)[1])
+    return paths
+
+
+class TrialDataset(Dataset):
+    def __init__(self, trials, cache_paths, class_names, args, *, training):
+        self.trials, self.cache_paths, self.args, self.training = trials, cache_paths, args, training
+        self.label_ids = [class_names.index(t.label) for t in trials]
+
+    def __len__(self):
+        return len(self.trials)
+
+    def crop(self, wave, seconds):
+        keep = int(seconds * SAMPLE_RATE)
+        if keep <= 0 or len(wave) <= keep:
+            return wave
+        start = int(torch.randint(0, len(wave) - keep + 1, ())) if self.training else (len(wave) - keep) // 2
+        return wave[start:start + keep]
+
+    def __getitem__(self, index):
+        item, paths = {"label": self.label_ids[index]}, self.cache_paths[self.trials[index].key]
+        if "audio" in paths:
+            wave = np.load(paths["audio"], mmap_mode="r")
+            wave = self.crop(wave, self.args.max_audio_seconds)
+            if self.training and self.args.train_crop_seconds > 0:
+                wave = self.crop(wave, self.args.train_crop_seconds)
+            item["audio"] = torch.from_numpy(np.array(wave, dtype=np.float32))
+        if "frames" in paths:
+            frames = np.load(paths["frames"], mmap_mode="r")
+            if len(frames) > self.args.max_frames:
+                frames = frames[np.linspace(0, len(frames) - 1, self.args.max_frames).round().astype(int)]
+            item["frames"] = torch.from_numpy(np.array(frames))
+        return item
+
+
+def collate(items):
+    batch = {"label": torch.tensor([item["label"] for item in items])}
+    for key, length_key in (("audio", "audio_lengths"), ("frames", "frame_lengths")):
+        if key in items[0]:
+            lengths = torch.tensor([len(item[key]) for item in items])
+            padded = items[0][key].new_zeros((len(items), int(lengths.max()), *items[0][key].shape[1:]))
+            for row, item in enumerate(items):
+                padded[row, :len(item[key])] = item[key]
+            batch[key], batch[length_key] = padded, lengths
+    return batch
+
+
+def load_trials(args):
+    if bool(args.data) == bool(args.manifest):
+        raise InputError("give exactly one of --data DIR or --manifest FILE.csv")
+    if args.data:
+        trials, problems = scan_ravdess(args.data, channel=args.channel)
+        class_names = list(FOUR_CLASSES) if args.classes == 4 else list(EMOTIONS)
+        trials = [t for t in trials if t.label in class_names]
+    else:
+        trials, problems = read_manifest(args.manifest)
+        class_names = sorted({t.label for t in trials})
+    return trials, problems, class_names
+
+
+def actor_splits(trials, args):
+    """[(name, {"train": [...], "val": [...], "test": [...]})]: one split from the flags, or K folds."""
+    groups = sorted({t.group for t in trials}, key=lambda g: (not g.isdigit(), int(g) if g.isdigit() else 0, g))
+    if args.folds > 1:
+        if len(groups) < args.folds:
+            raise InputError(f"--folds {args.folds}: only {len(groups)} actors/groups in the data")
+        fold_groups = [groups[k::args.folds] for k in range(args.folds)]
+        assignments = [(f"fold_{k + 1}", fold_groups[k], fold_groups[(k + 1) % args.folds]) for k in range(args.folds)]
+    else:
+        def named(text, flag):
+            return {f"{i:02d}" for i in parse_ids(text, flag=flag)} if args.data else {g.strip() for g in text.split(",") if g.strip()}
+        assignments = [(".", named(args.test_actors, "--test-actors"), named(args.val_actors, "--val-actors"))]
+    splits = []
+    for name, test_groups, val_groups in assignments:
+        split = {"train": [t for t in trials if t.group not in set(test_groups) | set(val_groups)],
+                 "val": [t for t in trials if t.group in set(val_groups)],
+                 "test": [t for t in trials if t.group in set(test_groups)]}
+        for part in ("train", "val"):
+            if not split[part]:
+                raise InputError(f"{args.data or args.manifest}: the {part} split is empty (actors present: {', '.join(groups)})")
+        splits.append((name, split))
+    return splits
+
+
+# ---------------------------------------------------------------- model
+
+def build_model(settings, num_classes):
+    args = argparse.Namespace(**settings)
+    audio = AUDIO_ENCODERS[args.audio_encoder](args) if "a" in args.modalities else None
+    video = None
+    if "v" in args.modalities:
+        frozen = args.video_frozen_stages if args.video_frozen_stages is not None else (2 if args.video_weights else 0)
+        video = VideoEncoder(frame_size=args.frame_size, resnet_weights=args.video_weights, frozen_stages=frozen)
+    return AVEmotionClassifier(modalities=args.modalities, num_classes=num_classes, audio_encoder=audio, video_encoder=video)
+
+
+def to_device(batch, device):
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+@torch.no_grad()
+def predict_probabilities(model, loader, device):
+    model.eval()
+    probabilities, labels = [], []
+    for batch in loader:
+        probabilities.append(model(to_device(batch, device)).float().softmax(-1).cpu())
+        labels.append(batch["label"])
+    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
+
+
+def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist):
+    """Train on split["train"], select on split["val"], test once. Returns (metrics, test probabilities, test labels)."""
+    split_dir = run_dir / name
+    if dist.is_main:
+        write_json(split_dir / "split.json", {part: {"groups": sorted({t.group for t in trials}), "trials": [t.key for t in trials]}
+                                              for part, trials in split.items()})
+    datasets = {part: TrialDataset(trials, cache_paths, class_names, args, training=part == "train") for part, trials in split.items()}
+    sampler = DistributedSampler(datasets["train"], shuffle=True, seed=args.seed) if dist.enabled else None
+    generator = torch.Generator().manual_seed(args.seed)
+    train_loader = DataLoader(datasets["train"], batch_size=max(1, args.batch_size // dist.world_size), shuffle=sampler is None,
+                              sampler=sampler, generator=generator, collate_fn=collate, num_workers=args.workers,
+                              pin_memory=device.type == "cuda", drop_last=len(datasets["train"]) > args.batch_size)
+    eval_loaders = {part: DataLoader(datasets[part], batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
+                    for part in ("val", "test") if split[part]}
+    model = build_model(vars(args), len(class_names)).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(1, args.epochs * len(train_loader)))
+    train_model = DistributedDataParallel(model) if dist.enabled else model
+    train_counts = np.bincount(datasets["train"].label_ids, minlength=len(class_names))
+    start_epoch, best_score, best_epoch = 0, -1.0, -1
+    if args.resume and (split_dir / "last.pt").is_file():
+        state = load_checkpoint(split_dir / "last.pt")
+        if state["total_steps"] != scheduler.total_steps:
+            raise InputError(f"{split_dir / 'last.pt'}: --resume needs the interrupted run's --epochs and --batch-size")
+        model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"]), scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+    checkpoint_info = {"args": vars(args), "class_names": class_names, "train_class_counts": train_counts.tolist()}
+    for epoch in range(start_epoch, args.epochs):
+        train_model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        generator.manual_seed(args.seed + epoch)
+        started, loss_sum = time.time(), 0.0
+        for batch in progress(train_loader, enabled=dist.is_main, desc=f"{name} epoch {epoch + 1}/{args.epochs}", leave=False):
+            batch = to_device(batch, device)
+            loss = F.cross_entropy(train_model(batch), batch["label"], label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item()
+        if dist.is_main:
+            val_probabilities, val_labels = predict_probabilities(model, eval_loaders["val"], device)
+            val = classification_report(val_labels, val_probabilities.argmax(1), class_names=class_names)
+            improved = val[args.select] > best_score
+            if improved:
+                best_score, best_epoch = val[args.select], epoch
+                save_checkpoint(split_dir / "model.pt", {"model": model.state_dict(), "epoch": epoch, **checkpoint_info})
+            save_checkpoint(split_dir / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                                                    "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
+                                                    "total_steps": scheduler.total_steps})
+            print(f"{name} epoch {epoch + 1}: loss {loss_sum / max(1, len(train_loader)):.3f}  val accuracy {val['accuracy']:.3f}  "
+                  f"macro-F1 {val['macro_f1']:.3f}{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
+        if dist.enabled:
+            torch.distributed.barrier()
+    if not dist.is_main:
+        return None, None, None
+    model.load_state_dict(load_checkpoint(split_dir / "model.pt")["model"])
+    metrics = {"protocol": f"actor-disjoint; checkpoint = best validation {args.select} (epoch {best_epoch + 1}); "
+                           "majority baseline = most frequent training class",
+               "train_groups": sorted({t.group for t in split["train"]})}
+    test_probabilities, test_labels = np.zeros((0, len(class_names))), np.zeros(0, dtype=int)
+    for part in ("val", "test"):
+        if part in eval_loaders:
+            probabilities, labels = predict_probabilities(model, eval_loaders[part], device)
+            metrics[part] = classification_report(labels, probabilities.argmax(1), class_names=class_names,
+                                                  train_labels=datasets["train"].label_ids)
+            metrics[part]["groups"] = sorted({t.group for t in split[part]})
+            if part == "test":
+                test_probabilities, test_labels = probabilities, labels
+        else:
+            print(f"{name}: no {part} actors/groups in the data, {part} metrics skipped")
+    atomic_write(split_dir / "test_predictions.npz", lambda f: np.savez(f, probabilities=test_probabilities, labels=test_labels))
+    write_json(split_dir / "metrics.json", metrics)
+    return metrics, test_probabilities, test_labels
+
+
+def predict_files(args):
+    if not args.ckpt:
+        raise InputError("--predict needs --ckpt RUN/model.pt")
+    state = load_checkpoint(args.ckpt)
+    settings = {**state["args"], "video_weights": None}  # the checkpoint already holds the trained trunk
+    model = build_model(settings, len(state["class_names"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    results = []
+    for path in args.predict:
+        item = {}
+        if "a" in settings["modalities"]:
+            wave = load_audio(path, sample_rate=SAMPLE_RATE)[: int(settings["max_audio_seconds"] * SAMPLE_RATE)]
+            item.update(audio=wave[None], audio_lengths=torch.tensor([len(wave)]))
+        if "v" in settings["modalities"]:
+            frames = read_frames(path, fps=settings["video_fps"], size=settings["frame_size"], center_crop=True)[1]
+            frames = frames[np.linspace(0, len(frames) - 1, min(len(frames), settings["max_frames"])).round().astype(int)]
+            item.update(frames=torch.from_numpy(frames)[None], frame_lengths=torch.tensor([len(frames)]))
+        with torch.no_grad():
+            probabilities = model(item).softmax(-1)[0].tolist()
+        ranked = sorted(zip(state["class_names"], probabilities), key=lambda pair: -pair[1])
+        results.append({"file": str(path), "prediction": ranked[0][0], "probabilities": dict(ranked)})
+        print(json.dumps(results[-1]))
+    if args.out:
+        write_json(Path(args.out) / "predictions.json", results)
+    return results
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.predict:
+        return predict_files(args)
+    device = resolve_device(args.device)
+    dist = setup_distributed(device)
+    seed_everything(args.seed)
+    trials, problems, class_names = load_trials(args)
+    run_dir = make_run_dir(args.out, args, default_root="runs/av") if dist.is_main else Path(args.out or "runs/av/unused")
+    cache_paths, failures = {}, [(str(path), reason) for path, reason in problems]
+    for trial in progress(trials[dist.rank::dist.world_size], enabled=dist.is_main, desc="decoding", leave=False):
+        try:
+            cache_paths[trial.key] = decode_trial(trial, args)
+        except MediaError as error:
+            failures.append((trial.key, str(error)))
+    if dist.enabled:  # every rank needs every cache path
+        gathered = [None] * dist.world_size
+        torch.distributed.all_gather_object(gathered, (cache_paths, failures))
+        cache_paths = {k: v for part, _ in gathered for k, v in part.items()}
+        failures = [f for _, part in gathered for f in part]
+    if dist.is_main:
+        atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
+        if failures:
+            print(f"{len(failures)} file(s) skipped, listed in {run_dir / 'failures.csv'}")
+    trials = [t for t in trials if t.key in cache_paths]
+    if not trials:
+        raise InputError(f"{args.data or args.manifest}: no usable trials for -mod {args.modalities}")
+    results = [fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist)
+               for name, split in actor_splits(trials, args)]
+    cleanup_distributed(dist)
+    if not dist.is_main:
+        return None
+    if args.folds > 1:
+        probabilities = np.concatenate([r[1] for r in results])
+        labels = np.concatenate([r[2] for r in results]).astype(int)
+        all_labels = [class_names.index(t.label) for t in trials]
+        summary = {"protocol": f"{args.folds}-fold by actor, pooled test predictions of all folds",
+                   "folds": {f"fold_{k + 1}": r[0] for k, r in enumerate(results)},
+                   "test": classification_report(labels, probabilities.argmax(1), class_names=class_names, train_labels=all_labels),
+                   "fold_test_accuracy": [r[0]["test"]["accuracy"] for r in results]}
+        write_json(run_dir / "metrics.json", summary)
+        metrics = summary
+    else:
+        metrics = results[0][0]
+    rows = [{"split": part, **{k: metrics[part][k] for k in ("n", "accuracy", "macro_f1", "weighted_f1", "majority_baseline_accuracy")}}
+            for part in ("val", "test") if part in metrics]
+    print(format_table(rows, ["split", "n", "accuracy", "macro_f1", "weighted_f1", "majority_baseline_accuracy"]))
+    print(f"run folder: {run_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_main(main)
