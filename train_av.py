@@ -91,13 +91,13 @@ def decode_trial(trial, args):
     if "a" in args.modalities:
         source = trial.audio_path()
         if source is None:
-            raise MediaError(f"{trial.key}: no audio file for this trial")
+            raise MediaError(trial.key, "no audio file for this trial")
         paths["audio"] = ensure_cached(args.cache, source, {"sample_rate": SAMPLE_RATE},
                                        lambda: load_audio(source, sample_rate=SAMPLE_RATE).numpy())
     if "v" in args.modalities:
         source = trial.video_path()
         if source is None:
-            raise MediaError(f"{trial.key}: no video file for this trial")
+            raise MediaError(trial.key, "no video file for this trial")
         settings = {"fps": args.video_fps, "size": args.frame_size}
         paths["frames"] = ensure_cached(args.cache, source, settings, lambda: read_frames(
             source, fps=args.video_fps, size=args.frame_size, center_crop=True)[1])

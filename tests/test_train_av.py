@@ -89,12 +89,15 @@ def test_malformed_names_are_reported_not_guessed(ravdess, tmp_path):
     (data / "Actor_01" / "notes.wav").write_bytes(b"")
     (data / "Actor_01" / "03-01-09-01-01-01-01.wav").write_bytes(b"")  # emotion 09 does not exist
     (data / "Actor_01" / "03-01-01-01-01-01-02.wav").write_bytes(b"")  # actor 02 inside Actor_01
+    (data / "Actor_02" / "01-01-01-01-01-01-02.mp4").unlink()  # leaves this trial only its silent twin
+    (data / "Actor_02" / "03-01-01-01-01-01-02.wav").unlink()
     out, _ = run(data, tmp_path, "-mod", "a", "--epochs", "1")
     with open(out / "failures.csv") as file:
         problems = {Path(row["item"]).name: row["problem"] for row in csv.DictReader(file)}
     assert "not a RAVDESS name" in problems["notes.wav"]
     assert "unknown emotion code 09" in problems["03-01-09-01-01-01-01.wav"]
     assert "folder Actor_01" in problems["03-01-01-01-01-01-02.wav"]
+    assert problems["01-01-01-01-01-02"] == "01-01-01-01-01-02: no audio file for this trial"
 
 
 def test_manifest_trains_on_any_labelled_files(ravdess, tmp_path):
