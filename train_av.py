@@ -51,8 +51,8 @@ def build_parser():
     data.add_argument("--cache", default="cache/av", help="folder for decoded waveforms and frames, reused across runs (default %(default)s)")
     split = parser.add_argument_group("Splits (by actor / group only)")
     split.add_argument("--test-actors", "--test-groups", default="21-24", help="actors (1,2,5-7) or manifest groups held out for test (default %(default)s; absent actors give no test split)")
-    split.add_argument("--val-actors", "--val-groups", default="17-20", help="actors or groups for validation / checkpoint selection (default %(default)s)")
-    split.add_argument("--folds", type=int, default=0, help="K>1: K-fold by actor instead of the two flags above; fold k tests on group k and validates on group k+1")
+    split.add_argument("--val-actors", "--val-groups", default="17-20", help="actors or groups for validation / checkpoint selection; 'none' = no validation, keep the last epoch of the fixed schedule (default %(default)s)")
+    split.add_argument("--folds", type=int, default=0, help="K>1: K-fold by actor instead of the two flags above; fold k tests on group k and validates on group k+1 (or on nothing with --val-actors none)")
     model = parser.add_argument_group("Model")
     model.add_argument("-mod", "--modalities", default="av", choices=["a", "v", "av"], help="audio, video or both (default %(default)s)")
     model.add_argument("--audio-encoder", default="mel", choices=sorted(AUDIO_ENCODERS), help="mel: log-mel CNN from scratch (offline); wav2vec2: pretrained (default %(default)s)")
@@ -167,9 +167,12 @@ def actor_splits(trials, args):
         if len(groups) < args.folds:
             raise InputError(f"--folds {args.folds}: only {len(groups)} actors/groups in the data")
         fold_groups = [groups[k::args.folds] for k in range(args.folds)]
-        assignments = [(f"fold_{k + 1}", fold_groups[k], fold_groups[(k + 1) % args.folds]) for k in range(args.folds)]
+        assignments = [(f"fold_{k + 1}", fold_groups[k], [] if args.val_actors == "none" else fold_groups[(k + 1) % args.folds])
+                       for k in range(args.folds)]
     else:
         def named(text, flag):
+            if text == "none":
+                return set()
             return {f"{i:02d}" for i in parse_ids(text, flag=flag)} if args.data else {g.strip() for g in text.split(",") if g.strip()}
         assignments = [(".", named(args.test_actors, "--test-actors"), named(args.val_actors, "--val-actors"))]
     splits = []
@@ -177,7 +180,7 @@ def actor_splits(trials, args):
         split = {"train": [t for t in trials if t.group not in set(test_groups) | set(val_groups)],
                  "val": [t for t in trials if t.group in set(val_groups)],
                  "test": [t for t in trials if t.group in set(test_groups)]}
-        for part in ("train", "val"):
+        for part in ("train", "val") if args.val_actors != "none" else ("train",):
             if not split[part]:
                 raise InputError(f"{args.data or args.manifest}: the {part} split is empty (actors present: {', '.join(groups)})")
         splits.append((name, split))
@@ -254,8 +257,11 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
             scheduler.step()
             loss_sum += loss.item()
         if dist.is_main:
-            val_probabilities, val_labels = predict_probabilities(model, eval_loaders["val"], device)
-            val = classification_report(val_labels, val_probabilities.argmax(1), class_names=class_names)
+            if "val" in eval_loaders:
+                val_probabilities, val_labels = predict_probabilities(model, eval_loaders["val"], device)
+                val = classification_report(val_labels, val_probabilities.argmax(1), class_names=class_names)
+            else:  # no validation split: the last epoch of the fixed schedule is the model
+                val = {"accuracy": float("nan"), "macro_f1": float("nan"), args.select: float(epoch)}
             improved = val[args.select] > best_score
             if improved:
                 best_score, best_epoch = val[args.select], epoch
@@ -264,14 +270,16 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
                                                     "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                                                     "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
                                                     "total_steps": scheduler.total_steps})
-            print(f"{name} epoch {epoch + 1}: loss {loss_sum / max(1, len(train_loader)):.3f}  val accuracy {val['accuracy']:.3f}  "
-                  f"macro-F1 {val['macro_f1']:.3f}{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
+            scores = f"  val accuracy {val['accuracy']:.3f}  macro-F1 {val['macro_f1']:.3f}" if "val" in eval_loaders else ""
+            print(f"{name} epoch {epoch + 1}: loss {loss_sum / max(1, len(train_loader)):.3f}{scores}"
+                  f"{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
         if dist.enabled:
             torch.distributed.barrier()
     if not dist.is_main:
         return None, None, None
     model.load_state_dict(load_checkpoint(split_dir / "model.pt")["model"])
-    metrics = {"protocol": f"actor-disjoint; checkpoint = best validation {args.select} (epoch {best_epoch + 1}); "
+    selection = f"best validation {args.select}" if "val" in eval_loaders else "last epoch, no validation split"
+    metrics = {"protocol": f"actor-disjoint; checkpoint = {selection} (epoch {best_epoch + 1}); "
                            "majority baseline = most frequent training class",
                "train_groups": sorted({t.group for t in split["train"]})}
     test_probabilities, test_labels = np.zeros((0, len(class_names))), np.zeros(0, dtype=int)

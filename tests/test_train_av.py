@@ -83,6 +83,14 @@ def test_folds_are_actor_disjoint_and_pooled(ravdess, tmp_path):
     assert metrics["test"]["n"] == 6 * 15
 
 
+def test_without_validation_the_last_epoch_is_kept(ravdess, tmp_path):
+    import torch
+    out, metrics = run(ravdess, tmp_path, "-mod", "a", "--val-actors", "none")
+    assert "last epoch, no validation split" in metrics["protocol"] and "val" not in metrics
+    assert torch.load(out / "model.pt", weights_only=True)["epoch"] == 1
+    assert json.loads((out / "split.json").read_text())["train"]["groups"] == ["01", "02", "03", "04", "05"]
+
+
 def test_malformed_names_are_reported_not_guessed(ravdess, tmp_path):
     data = tmp_path / "data"
     subprocess.run(["cp", "-r", str(ravdess), str(data)], check=True)
