@@ -1,6 +1,7 @@
 # Set-up:  make install   (builds .venv from nothing)
 #          make test      (offline test suite)
 # Systems: make av [DATA=/path/to/RAVDESS]   (no DATA: a synthetic demo tree in the real layout)
+#          make highlight [DATA=/path/to/aihub]   (no DATA: a synthetic demo tree in the AI-Hub layout)
 #          make bench
 PYTHON ?= .venv/bin/python
 DEVICE ?= auto
@@ -30,3 +31,27 @@ av:
 	$(PYTHON) train_av.py --data data/demo/ravdess -mod av --test-actors 6 --val-actors 5 --frame-size 64 \
 		--epochs 10 --device $(DEVICE) --out runs/av/demo
 endif
+
+# make highlight [DATA=/path/to/aihub] [PROBE_DATA=/path/to/RAVDESS] [HIGHLIGHT_FLAGS="--image-encoder vit --image-model DIR"]
+# probes -> audio-only, video-only, multimodal -> test comparison -> predict on the first test video.
+# No DATA: a synthetic AI-Hub tree (and synthetic RAVDESS for the probes) under data/demo/.
+PROBE_DATA ?= data/demo/ravdess
+HIGHLIGHT_FLAGS ?= --image-encoder cnn
+HIGHLIGHT_DATA = $(if $(DATA),$(DATA),data/demo/aihub)
+HIGHLIGHT_RUNS = runs/highlight/$(if $(DATA),latest,demo)
+.PHONY: highlight
+highlight:
+ifndef DATA
+	$(PYTHON) -m preprocess.fixtures aihub data/demo/aihub
+endif
+ifeq ($(PROBE_DATA),data/demo/ravdess)
+	$(PYTHON) -m preprocess.fixtures ravdess data/demo/ravdess
+endif
+	$(PYTHON) train_highlight.py --train-probes --probe-data $(PROBE_DATA) --out $(HIGHLIGHT_RUNS)/probes
+	for mod in a v av; do \
+		$(PYTHON) train_highlight.py --data $(HIGHLIGHT_DATA) --probes $(HIGHLIGHT_RUNS)/probes/probes.pt -mod $$mod \
+			$(HIGHLIGHT_FLAGS) --device $(DEVICE) --out $(HIGHLIGHT_RUNS)/$$mod || exit 1; \
+	done
+	$(PYTHON) train_highlight.py --compare $(HIGHLIGHT_RUNS)/av $(HIGHLIGHT_RUNS)/a $(HIGHLIGHT_RUNS)/v
+	$(PYTHON) train_highlight.py --ckpt $(HIGHLIGHT_RUNS)/av/model.pt --out $(HIGHLIGHT_RUNS)/predict --predict \
+		"$$($(PYTHON) -c 'import json, sys; print(json.load(open(sys.argv[1]))["test"][0]["path"])' $(HIGHLIGHT_RUNS)/av/split.json)"

@@ -15,6 +15,8 @@ import av
 import numpy as np
 import soundfile
 
+from preprocess.aihub import make_aihub
+
 
 # ------------------------------------------------------------------------------------------ writers
 
@@ -207,7 +209,7 @@ def _ravdess_frames(emotion, intensity, background, duration_s, fps, height, wid
 
 # ------------------------------------------------------------------------------------------ the CLI
 
-KINDS = {"ravdess": make_ravdess}
+KINDS = {"ravdess": make_ravdess, "aihub": make_aihub}
 
 
 def main(argv=None):

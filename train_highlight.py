@@ -1,0 +1,365 @@
+"""Emotion-based highlight detection (seed 000): per-second image features + audio emotion-probe features
+-> bidirectional LSTM over 250-s chunks -> a highlight score per second. Video-disjoint splits.
+
+1. Train the audio emotion probes on RAVDESS (emotion; arousal from intensity; valence from the emotion; split
+   by actor) or on KEMDy20 utterances (a folder with annotation/ and wav/; split by session):
+    python train_highlight.py --train-probes --probe-data ../shared/data/ravdess-16k --out runs/highlight/probes
+2. Train on the AI-Hub layout (유튜브_<category>_<id>.mp4 + <stem>_<annotator>.json), multimodal and the
+   two baselines (-mod a, -mod v); the default image encoder is ViT from a name or a local folder:
+    python train_highlight.py --data AIHUB/ --probes runs/highlight/probes/probes.pt -mod av --out runs/highlight/av
+    python train_highlight.py --data AIHUB/ --probes runs/highlight/probes/probes.pt -mod av --image-encoder cnn
+    python train_highlight.py --compare runs/highlight/av runs/highlight/a runs/highlight/v
+3. Predict on any video (streaming, any length): scores.csv, segments.json, reel.mp4, report.html:
+    python train_highlight.py --predict video.mp4 --ckpt runs/highlight/av/model.pt --out runs/highlight/pred --top-k 5
+`make highlight` runs the whole chain on a synthetic demo set; `make highlight DATA=/path/to/aihub` on real data.
+
+Run folder: args.json, failures.csv, split.json (videos per split), model.pt (best validation AP; carries the
+probes, feature statistics and the validation-best threshold), metrics.json. Metrics are per second on the
+test videos, against the OR of the annotators: F1 at 0.3 (the seed's) and at the validation-best threshold,
+AP, AUROC, and the all-positive F1 beside them; per category too.
+"""
+import csv
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import (InputError, add_logistics_args, argument_parser, atomic_write, best_f1_threshold, binary_report,
+                    classification_report, format_table, load_checkpoint, make_run_dir, progress, resolve_device,
+                    run_main, save_checkpoint, seed_everything, write_json)
+from models.highlight import EmotionProbe, FrameCNN, HighlightModel
+from preprocess.aihub import chunk_bounds, scan_aihub
+from preprocess.highlight_features import Encoders, fit_length, iter_windows, probe_utterances, video_features, window_stats
+from preprocess.media import MediaError, probe
+from preprocess.report import find_segments, jpeg_data_uri, thumbnail_stride, write_reel, write_report, write_scores_csv
+
+
+def build_parser():
+    parser = argument_parser(__doc__)
+    data = parser.add_argument_group("Data")
+    data.add_argument("--data", help="AI-Hub folder: 유튜브_<category>_<id>.mp4 and <stem>_<annotator>.json label files, any depth")
+    data.add_argument("--label-agg", default="or", choices=["or", "mean"], help="training target per second: OR over annotators, or their mean (evaluation always uses OR) (default %(default)s)")
+    data.add_argument("--chunk-seconds", type=int, default=250, help="the temporal model sees chunks of this many seconds (default %(default)s)")
+    data.add_argument("--val-per-category", type=int, default=1, help="videos per category held out for validation (default %(default)s)")
+    data.add_argument("--test-per-category", type=int, default=1, help="videos per category held out for test (default %(default)s)")
+    data.add_argument("--cache", default="cache/highlight", help="per-video feature cache (default %(default)s)")
+    probes = parser.add_argument_group("Audio emotion probes")
+    probes.add_argument("--train-probes", action="store_true", help="train the probes on --probe-data and write probes.pt into --out")
+    probes.add_argument("--probe-data", help="RAVDESS folder, or KEMDy20 folder (annotation/ + wav/), for --train-probes")
+    probes.add_argument("--probe-val-actors", type=int, default=4, help="speaker groups (RAVDESS actors, KEMDy20 sessions; the last ones) held out to validate the probes (default %(default)s)")
+    probes.add_argument("--probe-epochs", type=int, default=150, help="full-batch epochs (default %(default)s)")
+    probes.add_argument("--probes", help="probes.pt from --train-probes; without it the audio features are log-mel statistics only")
+    features = parser.add_argument_group("Features")
+    features.add_argument("--image-encoder", default="vit", choices=["vit", "cnn"], help="vit: pretrained, frozen, CLS feature; cnn: small CNN trained from scratch with the model (offline) (default %(default)s)")
+    features.add_argument("--image-model", default="google/vit-base-patch16-224-in21k", help="ViT name or local folder (default %(default)s)")
+    features.add_argument("--frame-size", type=int, default=64, help="cnn: centre-cropped frame side (vit uses its own image size) (default %(default)s)")
+    features.add_argument("--audio-model", help="wav2vec2 name or local folder: its per-second mean replaces the log-mel statistics")
+    model = parser.add_argument_group("Model")
+    model.add_argument("-mod", "--modalities", default="av", choices=["a", "v", "av"], help="audio, video or both (default %(default)s)")
+    model.add_argument("--hidden", type=int, default=128, help="LSTM units per direction (default %(default)s)")
+    model.add_argument("--layers", type=int, default=2, choices=[2, 3], help="bidirectional LSTM layers (default %(default)s)")
+    model.add_argument("--dropout", type=float, default=0.2, help="(default %(default)s)")
+    train = parser.add_argument_group("Training")
+    train.add_argument("--epochs", type=int, default=40, help="(default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=8, help="chunks per batch (default %(default)s)")
+    train.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default %(default)s)")
+    train.add_argument("--weight-decay", type=float, default=1e-2, help="(default %(default)s)")
+    run = parser.add_argument_group("Run")
+    run.add_argument("--out", help="run folder (default: a new runs/highlight/NNN); for --predict the output folder")
+    run.add_argument("--compare", nargs="+", metavar="RUN", help="print the test metrics of these run folders side by side")
+    run.add_argument("--predict", metavar="VIDEO", help="score every second of this video with --ckpt")
+    run.add_argument("--ckpt", help="model.pt of a trained run, for --predict")
+    run.add_argument("--threshold", type=float, help="--predict: score threshold (default: the checkpoint's validation-best)")
+    run.add_argument("--fraction", type=float, help="--predict: mark this fraction of the seconds (the highest scores) instead of a threshold")
+    run.add_argument("--top-k", type=int, help="--predict: keep the K segments with the highest mean score")
+    run.add_argument("--merge-gap", type=int, default=2, help="--predict: join segments separated by at most this many seconds (default %(default)s)")
+    run.add_argument("--min-segment", type=int, default=2, help="--predict: drop segments shorter than this many seconds (default %(default)s)")
+    add_logistics_args(parser)
+    return parser
+
+
+# ---------------------------------------------------------------- probes
+
+def train_probes(args):
+    """Emotion / arousal / valence probes on 1-s windows of RAVDESS or KEMDy20 utterances, validated on held-out
+    speakers (RAVDESS actors, KEMDy20 sessions): the last --probe-val-actors groups."""
+    if not args.probe_data:
+        raise InputError("--train-probes needs --probe-data RAVDESS_OR_KEMDY20_DIR")
+    class_names, utterances = probe_utterances(args.probe_data)
+    groups = sorted({group for *_, group in utterances})
+    if len(groups) <= args.probe_val_actors:
+        raise InputError(f"{args.probe_data}: {len(groups)} speaker groups, need more than --probe-val-actors {args.probe_val_actors}")
+    val_groups = set(groups[-args.probe_val_actors:])
+    rows = {"train": [], "val": []}
+    for path, emotion, arousal, valence, group in progress(utterances, desc="probe audio", leave=False):
+        features, _ = window_stats(next(iter_windows(path, batch_seconds=3600)))
+        rows["val" if group in val_groups else "train"] += [(row, [emotion, arousal, valence]) for row in features]
+    tensors = {part: (torch.stack([r for r, _ in items]), torch.tensor([t for _, t in items], dtype=torch.float32))
+               for part, items in rows.items()}
+    mean, std = tensors["train"][0].mean(0), tensors["train"][0].std(0).clamp_min(1e-6)
+    probe = EmotionProbe(in_features=64, num_emotions=len(class_names))
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=3e-3, weight_decay=1e-2)
+    inputs, targets = (tensors["train"][0] - mean) / std, tensors["train"][1]
+    for _ in range(args.probe_epochs):
+        probe.train()
+        emotion_logits, arousal, valence = probe(inputs)
+        loss = (F.cross_entropy(emotion_logits, targets[:, 0].long()) + F.mse_loss(arousal, targets[:, 1])
+                + F.mse_loss(valence, targets[:, 2]))
+        optimizer.zero_grad(), loss.backward(), optimizer.step()
+    probe.eval()
+    with torch.no_grad():
+        emotion_logits, arousal, valence = probe((tensors["val"][0] - mean) / std)
+    val_targets = tensors["val"][1]
+    metrics = {"protocol": f"1-s windows of {args.probe_data} utterances; validation speaker groups {sorted(val_groups)}",
+               "emotion": classification_report(val_targets[:, 0].long().numpy(), emotion_logits.argmax(1).numpy(),
+                                                class_names=class_names, train_labels=targets[:, 0].long().numpy()),
+               "arousal_mae": float((arousal - val_targets[:, 1]).abs().mean()),
+               "valence_mae": float((valence - val_targets[:, 2]).abs().mean())}
+    run_dir = make_run_dir(args.out, args, default_root="runs/highlight/probes")
+    save_checkpoint(run_dir / "probes.pt", {"model": probe.state_dict(), "class_names": class_names,
+                                            "feature_mean": mean, "feature_std": std})
+    write_json(run_dir / "metrics.json", metrics)
+    print(f"probes: validation emotion accuracy {metrics['emotion']['accuracy']:.3f} (majority "
+          f"{metrics['emotion']['majority_baseline_accuracy']:.3f}), arousal MAE {metrics['arousal_mae']:.2f}, "
+          f"valence MAE {metrics['valence_mae']:.2f}; {run_dir / 'probes.pt'}")
+    return metrics
+
+
+# ---------------------------------------------------------------- model
+
+def build_model(settings):
+    image_encoder = FrameCNN() if settings["image_encoder"] == "cnn" else None
+    return HighlightModel(modalities=settings["modalities"], audio_dim=settings.get("audio_dim", 0),
+                          image_dim=settings.get("image_dim", 0), image_encoder=image_encoder,
+                          hidden=settings["hidden"], num_layers=settings["layers"], dropout=settings["dropout"])
+
+
+def chunk_inputs(features, stats, start, end):
+    """Model inputs of one chunk: normalised float audio (T, D), images as stored (T, ...)."""
+    item = {}
+    if "audio" in features:
+        item["audio"] = (torch.from_numpy(np.asarray(features["audio"][start:end])) - stats["audio_mean"]) / stats["audio_std"]
+    if "images" in features:
+        images = torch.from_numpy(np.asarray(features["images"][start:end]))
+        item["images"] = (images - stats["image_mean"]) / stats["image_std"] if "image_mean" in stats else images
+    return item
+
+
+def collate(items):
+    lengths = torch.tensor([len(next(iter(item.values()))) for item in items])
+    batch = {"lengths": lengths}
+    for key in items[0]:
+        padded = items[0][key].new_zeros((len(items), int(lengths.max()), *items[0][key].shape[1:]))
+        for row, item in enumerate(items):
+            padded[row, :len(item[key])] = item[key]
+        batch[key] = padded
+    return batch
+
+
+@torch.no_grad()
+def score_video(model, features, stats, length, chunk_seconds):
+    """Sigmoid score per second (length,), chunk by chunk."""
+    model.eval()
+    device = next(model.parameters()).device
+    scores = [torch.sigmoid(model(**{k: v.to(device) for k, v in collate([chunk_inputs(features, stats, start, end)]).items()})[0])
+              for start, end in chunk_bounds(length, chunk_seconds)]
+    return torch.cat(scores).cpu().numpy()
+
+
+def split_videos(videos, args):
+    """Per category, seeded: --test-per-category and --val-per-category videos out, the rest train."""
+    rng = np.random.default_rng(args.seed)
+    split = {"train": [], "val": [], "test": []}
+    for category in sorted({v.category for v in videos}):
+        members = [v for v in videos if v.category == category]
+        members = [members[i] for i in rng.permutation(len(members))]
+        split["test"] += members[:args.test_per_category]
+        split["val"] += members[args.test_per_category:args.test_per_category + args.val_per_category]
+        split["train"] += members[args.test_per_category + args.val_per_category:]
+    for part in ("train", "val"):
+        if not split[part]:
+            raise InputError(f"{args.data}: the {part} split is empty ({len(videos)} labelled videos)")
+    return split
+
+
+def train(args):
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    videos, problems = scan_aihub(args.data)
+    run_dir = make_run_dir(args.out, args, default_root="runs/highlight")
+    probe_state = load_checkpoint(args.probes) if args.probes else None
+    settings = {**vars(args), "probes_sha1": hashlib.sha1(Path(args.probes).read_bytes()).hexdigest() if args.probes else None}
+    encoders = Encoders(settings, probe_state)
+    features, failures = {}, [(str(path), reason) for path, reason in problems]
+    for video in progress(videos, desc="features", leave=False):
+        try:
+            features[video.stem] = {key: fit_length(value, len(video.labels()))
+                                    for key, value in video_features(video.path, encoders, settings).items()}
+        except MediaError as error:
+            failures.append((str(video.path), str(error)))
+    atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("file", "problem"), *failures]), binary=False)
+    videos = [v for v in videos if v.stem in features]
+    if not videos:
+        raise InputError(f"{args.data}: no usable labelled videos (see {run_dir / 'failures.csv'})")
+    split = split_videos(videos, args)
+    write_json(run_dir / "split.json", {part: [{"stem": v.stem, "category": v.category, "path": str(v.path)} for v in members]
+                                        for part, members in split.items()})
+    stats = {}
+    for key, name in (("audio", "audio"), ("images", "image")):
+        if key in features[videos[0].stem] and features[videos[0].stem][key].dtype != np.uint8:
+            train_rows = torch.from_numpy(np.concatenate([features[v.stem][key] for v in split["train"]]))
+            stats[f"{name}_mean"], stats[f"{name}_std"] = train_rows.mean(0), train_rows.std(0).clamp_min(1e-4)
+            settings[f"{name}_dim"] = train_rows.shape[1]
+    train_items = [(chunk_inputs(features[v.stem], stats, start, end), torch.from_numpy(v.labels(args.label_agg)[start:end]))
+                   for v in split["train"] for start, end in chunk_bounds(len(v.labels()), args.chunk_seconds)]
+    train_labels = torch.cat([labels for _, labels in train_items])
+    pos_weight = (len(train_labels) - train_labels.sum()) / train_labels.sum().clamp_min(1.0)
+    model = build_model(settings).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    settings = {key: value for key, value in settings.items() if key not in ("data", "out", "compare", "predict", "ckpt")}
+    checkpoint_info = {"settings": settings, "stats": stats, "probes": probe_state}
+    best_ap, best_epoch = -1.0, 0
+    generator = torch.Generator().manual_seed(args.seed)
+    for epoch in range(args.epochs):
+        model.train()
+        loss_sum = 0.0
+        order = torch.randperm(len(train_items), generator=generator).tolist()
+        for first in range(0, len(order), args.batch_size):
+            picked = [train_items[i] for i in order[first:first + args.batch_size]]
+            batch = {k: v.to(device) for k, v in collate([inputs for inputs, _ in picked]).items()}
+            targets = collate([{"y": labels} for _, labels in picked])["y"].to(device)
+            mask = torch.arange(targets.shape[1], device=device)[None] < batch["lengths"][:, None]
+            logits = model(**batch)
+            loss = F.binary_cross_entropy_with_logits(logits[mask], targets[mask], pos_weight=pos_weight.to(device))
+            optimizer.zero_grad(set_to_none=True), loss.backward(), optimizer.step()
+            loss_sum += loss.item()
+        val_labels, val_scores = evaluate_scores(model, split["val"], features, stats, args.chunk_seconds)
+        val_ap = np.nan_to_num(binary_report(val_labels, val_scores, thresholds={})["average_precision"], nan=0.0)  # nan: no positives
+        if val_ap >= best_ap:  # ties go to the later epoch, whose scores are better calibrated
+            best_ap, best_epoch = val_ap, epoch
+            save_checkpoint(run_dir / "model.pt", {"model": model.state_dict(), "epoch": epoch, **checkpoint_info})
+        print(f"epoch {epoch + 1}: loss {loss_sum / max(1, math.ceil(len(order) / args.batch_size)):.3f}  val AP {val_ap:.3f}"
+              f"{'  *' if epoch == best_epoch else ''}", flush=True)
+    state = load_checkpoint(run_dir / "model.pt")
+    model = build_model(settings)
+    model.load_state_dict(state["model"])
+    val_labels, val_scores = evaluate_scores(model, split["val"], features, stats, args.chunk_seconds)
+    threshold = best_f1_threshold(val_labels, val_scores)
+    state["threshold"] = threshold
+    save_checkpoint(run_dir / "model.pt", state)
+    thresholds = {"0.3": 0.3, "val_best": threshold}
+    metrics = {"protocol": f"per second, video-disjoint split (per category: {args.test_per_category} test, "
+                           f"{args.val_per_category} val); labels = OR over annotators; checkpoint = best val AP (epoch "
+                           f"{best_epoch + 1}); val_best threshold {threshold} chosen on validation only",
+               "modalities": args.modalities, "val": binary_report(val_labels, val_scores, thresholds=thresholds)}
+    test_labels, test_scores = evaluate_scores(model, split["test"], features, stats, args.chunk_seconds)
+    if len(test_labels):
+        metrics["test"] = binary_report(test_labels, test_scores, thresholds=thresholds)
+        metrics["test_by_category"] = {}
+        for category in sorted({v.category for v in split["test"]}):
+            members = [v for v in split["test"] if v.category == category]
+            labels, scores = evaluate_scores(model, members, features, stats, args.chunk_seconds)
+            metrics["test_by_category"][f"{members[0].category_en} ({category})"] = binary_report(labels, scores, thresholds=thresholds)
+    write_json(run_dir / "metrics.json", metrics)
+    print_metrics({f"{args.modalities} {part}": metrics[part] for part in ("val", "test") if part in metrics})
+    if "test_by_category" in metrics:
+        print_metrics({f"test {name}": report for name, report in metrics["test_by_category"].items()})
+    print(f"run folder: {run_dir}")
+    return metrics
+
+
+def evaluate_scores(model, videos, features, stats, chunk_seconds):
+    labels = [v.labels("or") for v in videos]
+    scores = [score_video(model, features[v.stem], stats, len(y), chunk_seconds) for v, y in zip(videos, labels)]
+    return (np.concatenate(labels) if labels else np.zeros(0)), (np.concatenate(scores) if scores else np.zeros(0))
+
+
+COLUMNS = ["model", "n", "positive_rate", "f1@0.3", "f1@val_best", "threshold@val_best", "average_precision", "auroc", "all_positive_f1"]
+
+
+def print_metrics(reports):
+    print(format_table([{"model": name, **report} for name, report in reports.items()], COLUMNS))
+
+
+def compare(runs):
+    reports = {}
+    for run in runs:
+        path = Path(run) / "metrics.json"
+        if not path.is_file():
+            raise InputError(f"{path}: no metrics.json (train that run first)")
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        if "test" not in metrics:
+            raise InputError(f"{path}: this run has no test split to compare")
+        reports[{"av": "multimodal (av)", "a": "audio-only (a)", "v": "video-only (v)"}[metrics["modalities"]]] = metrics["test"]
+    first = next(iter(reports.values()))
+    reports["all-positive"] = {"n": first["n"], "positive_rate": first["positive_rate"],
+                               **{k: first["all_positive_f1"] for k in ("f1@0.3", "f1@val_best", "all_positive_f1")}}
+    print("test split, per second, labels = OR over annotators; thresholds: 0.3 and the validation-best")
+    print_metrics(reports)
+    return reports
+
+
+def predict(args):
+    """Stream one video: per-second features -> scores -> scores.csv, segments.json, reel.mp4, report.html."""
+    if not args.ckpt or not args.out:
+        raise InputError("--predict needs --ckpt RUN/model.pt and --out DIR")
+    state = load_checkpoint(args.ckpt)
+    settings, stats, path, out_dir = state["settings"], state["stats"], Path(args.predict), Path(args.out)
+    encoders = Encoders(settings, state["probes"])
+    model = build_model(settings)
+    model.load_state_dict(state["model"])
+    model.eval()
+    stride = thumbnail_stride(probe(path)["duration_s"])
+    images, thumbnails = [], []
+    for times, frames, batch in encoders.iter_image_batches(path):
+        if "v" in settings["modalities"]:  # the trained CNN runs here, batch by batch, so no frames are kept
+            images.append(model.image_encoder(torch.from_numpy(batch)).detach().numpy() if model.image_encoder else batch)
+        thumbnails += [{"t": int(t), "src": jpeg_data_uri(frame)} for t, frame in zip(times, frames) if int(t) % stride == 0]
+    has_audio = "a" in settings["modalities"] or (state["probes"] is not None and probe(path)["has_audio"])
+    audio = torch.cat([encoders.audio(windows) for windows in iter_windows(path)]).numpy() if has_audio else None
+    length = max(len(np.concatenate(images)) if images else 0, len(audio) if audio is not None else 0)
+    features = {}
+    if images:
+        features["images"] = fit_length(np.concatenate(images), length)
+    if "a" in settings["modalities"]:
+        features["audio"] = fit_length(audio, length)
+    scores = score_video(model, features, stats, length, settings["chunk_seconds"])
+    threshold = args.threshold if args.threshold is not None else state.get("threshold", 0.5)
+    segments = find_segments(scores, threshold=threshold, fraction=args.fraction, merge_gap=args.merge_gap,
+                             min_segment=args.min_segment, top_k=args.top_k)
+    write_scores_csv(out_dir / "scores.csv", scores)
+    write_json(out_dir / "segments.json", {"video": str(path), "threshold": None if args.fraction else threshold,
+                                           "fraction": args.fraction, "segments": segments})
+    if segments:
+        write_reel(path, segments, out_dir / "reel.mp4")
+    probes = {}
+    if audio is not None and state["probes"] is not None:
+        audio = fit_length(audio, length)
+        names = [*state["probes"]["class_names"], "arousal", "valence"]
+        probes = {name: audio[:, column] for column, name in enumerate(names)}
+    write_report(out_dir / "report.html", title=path.name, scores=scores, threshold=None if args.fraction else threshold,
+                 segments=segments, probes=probes, thumbnails=thumbnails)
+    print(f"{path}: {length} s scored, {len(segments)} segment(s) "
+          f"({sum(s['end'] - s['start'] + 1 for s in segments)} s); outputs in {out_dir}")
+    return {"scores": scores, "segments": segments}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.compare:
+        return compare(args.compare)
+    if args.train_probes:
+        return train_probes(args)
+    if args.predict:
+        return predict(args)
+    if not args.data:
+        raise InputError("give --data AIHUB_DIR (or --train-probes, --predict, --compare)")
+    return train(args)
+
+
+if __name__ == "__main__":
+    run_main(main)
