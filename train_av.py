@@ -58,6 +58,7 @@ def build_parser():
     model.add_argument("--audio-encoder", default="mel", choices=sorted(AUDIO_ENCODERS), help="mel: log-mel CNN from scratch (offline); wav2vec2: pretrained (default %(default)s)")
     model.add_argument("--audio-model", default="facebook/wav2vec2-base", help="wav2vec2 name or local directory (default %(default)s)")
     model.add_argument("--audio-trainable-layers", type=int, default=2, help="wav2vec2 transformer layers fine-tuned from the top (default %(default)s)")
+    model.add_argument("--n-mels", type=int, default=64, help="mel encoder: mel bins, a multiple of 8 (default %(default)s)")
     model.add_argument("--max-bin-shift", type=int, default=3, help="mel encoder augmentation: random shift of up to N mel bins per training clip, 0 = off (default %(default)s)")
     model.add_argument("--max-audio-seconds", type=float, default=6.0, help="longer audio is cut (random window in training, centre in evaluation) (default %(default)s)")
     model.add_argument("--train-crop-seconds", type=float, default=3.0, help="random audio crop length while training, 0 = whole clip (default %(default)s)")

@@ -130,7 +130,7 @@ class Wav2Vec2Encoder(nn.Module):
 
 
 AUDIO_ENCODERS = {
-    "mel": lambda args: MelEncoder(max_bin_shift=args.max_bin_shift),
+    "mel": lambda args: MelEncoder(n_mels=args.n_mels, max_bin_shift=args.max_bin_shift),
     "wav2vec2": lambda args: Wav2Vec2Encoder(model_name=args.audio_model, trainable_layers=args.audio_trainable_layers),
 }
 
