@@ -3,6 +3,7 @@ import os
 import socket
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -27,3 +28,13 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     yield
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """For modules of tiny-tensor parity tests: a second intra-op thread only adds OpenMP waiting (5-10x
+    slower on a shared 2-core machine). Use with pytestmark = pytest.mark.usefixtures("single_thread")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,14 +23,8 @@ CONFIGS = [  # (num_layers, bidirectional, batch_first)
 KINDS = {"lstm": (LSTM, nn.LSTM), "gru": (GRU, nn.GRU)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tensors here are tiny; with two threads on a shared two-core machine, OpenMP waits (mostly inside
-    torch's own RNN) made this file ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: see conftest.py
+
 
 
 def make_pair(kind, num_layers, bidirectional, batch_first, dropout=0.0, dtype=torch.float64,

@@ -8,13 +8,8 @@ from models.repvgg import FusedRepVGGBlock, RepVGGBlock, fuse_repvgg
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: on 2 shared cores a second intra-op thread only slows the tests down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: see conftest.py
+
 
 
 def warm_up_batch_norms(model: nn.Module, channels: int) -> None:

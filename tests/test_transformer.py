@@ -16,13 +16,8 @@ from models.transformer import (AttentionPool, CLSToken, MultiheadAttention, Sin
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: on 2 shared cores a second intra-op thread makes each test ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: see conftest.py
+
 BATCH, QUERY_LEN, KEY_LEN, EMBED, HEADS = 3, 5, 7, 16, 4
 
 

@@ -1,0 +1,178 @@
+"""train_meld.py on a tiny synthetic MELD tree with a tiny random BERT as sentence encoder (offline): every
+modality combination trains and evaluates, the planted text/audio cues are learned, bad clips are listed,
+no test row reaches training, and the CSV/entropy/pooling helpers behave."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import train_meld
+from common import run_main
+from models.meld_emotion import SentenceEncoder
+from preprocess.meld import EMOTIONS, FIXTURE_WORDS, frame_entropy, make_meld, parse_time, read_split, top_entropy_frames
+
+SMALL = ["--hidden", "16", "--d-model", "32", "--heads", "4", "--frame-size", "32", "--video-fps", "5", "--video-frames", "3",
+         "--batch-size", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def meld(tmp_path_factory):
+    root = tmp_path_factory.mktemp("meld")
+    make_meld(root, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def text_encoder(tmp_path_factory):
+    """A random-weight 1-layer BERT (hidden 128) and a WordPiece tokenizer over the fixture's words."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(FIXTURE_WORDS))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")  # shared: each clip's features are computed once per module
+
+
+def run(meld, text_encoder, cache, out, *extra):
+    return train_meld.main(["--data", str(meld), "--text-encoder", str(text_encoder), "--cache", str(cache),
+                            "--out", str(out), *SMALL, *extra])
+
+
+@pytest.mark.parametrize("modalities", train_meld.MODALITIES)
+def test_every_modality_combination_trains_and_evaluates(meld, text_encoder, cache, tmp_path, modalities):
+    metrics = run(meld, text_encoder, cache, tmp_path / "run", "-mod", modalities, "--epochs", "2")
+    for name in ("args.json", "split.json", "failures.csv", "model.pt", "last.pt", "metrics.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for split in ("dev", "test"):
+        for key in ("weighted_f1", "accuracy", "macro_f1", "per_class_f1", "confusion_matrix", "majority_baseline_weighted_f1"):
+            assert key in saved[split]
+        assert saved[split]["majority_source"] == "train"
+    uses_clips = modalities != "t"
+    assert saved["test"]["n"] == len(read_split(meld, "test"))
+    assert saved["dev"]["n"] == len(read_split(meld, "dev")) - uses_clips  # dev dia0_utt0's clip is corrupt
+    assert metrics["dev"] == saved["dev"]
+
+
+@pytest.mark.parametrize("modalities", ["t", "a"])
+def test_planted_signal_is_learned(meld, text_encoder, cache, tmp_path, modalities):
+    metrics = run(meld, text_encoder, cache, tmp_path / "run", "-mod", modalities, "--context", "none",
+                  "--epochs", "30", "--lr", "3e-3", "--dropout", "0.1")
+    for split in ("dev", "test"):  # 7 classes: chance ~0.14; the cue word / tone separates them
+        assert metrics[split]["accuracy"] >= 0.6, (split, metrics[split])
+        assert metrics[split]["weighted_f1"] > metrics[split]["majority_baseline_weighted_f1"] + 0.3
+
+
+def test_missing_and_corrupt_clips_are_listed_and_skipped(meld, text_encoder, cache, tmp_path):
+    run(meld, text_encoder, cache, tmp_path / "run", "-mod", "ta", "--epochs", "1")
+    with open(tmp_path / "run" / "failures.csv", newline="") as file:
+        problems = {row["item"]: row["problem"] for row in csv.DictReader(file)}
+    assert set(problems) == {"train/dia1_utt1", "dev/dia0_utt0"}
+    assert "no dia1_utt1.mp4" in problems["train/dia1_utt1"]
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert "train/dia1_utt1" not in split["train"] and "dev/dia0_utt0" not in split["dev"]
+    run(meld, text_encoder, cache, tmp_path / "text", "-mod", "t", "--epochs", "1")  # text needs no clips
+    assert "train/dia1_utt1" in json.loads((tmp_path / "text" / "split.json").read_text())["train"]
+
+
+def test_no_test_row_reaches_training(meld, text_encoder, cache, tmp_path, monkeypatch):
+    trained, svm_fitted = set(), []
+    real_batches, real_fit = train_meld.training_batches, train_meld.fit_svm
+
+    def recording_batches(*args, **kwargs):
+        for batch in real_batches(*args, **kwargs):
+            trained.update(key for keys in batch[3] for key in keys)
+            yield batch
+
+    def recording_fit(keys, *args):
+        svm_fitted.extend(keys)
+        return real_fit(keys, *args)
+
+    monkeypatch.setattr(train_meld, "training_batches", recording_batches)
+    monkeypatch.setattr(train_meld, "fit_svm", recording_fit)
+    metrics = run(meld, text_encoder, cache, tmp_path / "run", "-mod", "tav", "--epochs", "2", "--svm")
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    # dialogue ids restart at 0 in every split, so the keys carry the split name
+    assert {key.split("/")[1] for key in split["test"]} & {key.split("/")[1] for key in split["train"]}
+    assert trained == set(split["train"]) == set(svm_fitted)
+    assert not trained & (set(split["test"]) | set(split["dev"]))
+    assert {"dev", "test"} <= set(metrics["svm"])
+
+
+def test_train_and_dev_only(meld, text_encoder, cache, tmp_path, capsys):
+    data = tmp_path / "meld"
+    shutil.copytree(meld, data)
+    (data / "test_sent_emo.csv").unlink()
+    metrics = run(data, text_encoder, cache, tmp_path / "run", "-mod", "t", "--epochs", "1")
+    assert "test" not in metrics and "test" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "test split is skipped" in capsys.readouterr().out
+
+
+def test_resume_of_a_finished_run_reevaluates(meld, text_encoder, cache, tmp_path):
+    first = run(meld, text_encoder, cache, tmp_path / "run", "-mod", "t", "--epochs", "2")
+    again = run(meld, text_encoder, cache, tmp_path / "run", "-mod", "t", "--epochs", "2", "--resume")
+    assert again["dev"] == first["dev"] and again["test"] == first["test"]
+
+
+def test_bad_input_is_one_clear_line(tmp_path, meld, capsys):
+    argv = ["--data", str(meld), "-mod", "t", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: train_meld.main(argv))
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and stderr.strip().count("\n") == 0
+    assert stderr.startswith("error: ") and "--text-encoder" in stderr
+    with pytest.raises(train_meld.InputError, match="train_sent_emo.csv: not found"):
+        train_meld.main(["--data", str(tmp_path), "--out", str(tmp_path / "run")])
+
+
+def test_every_flag_is_explained():
+    actions = [a for a in train_meld.build_parser()._actions if a.option_strings]
+    assert all(a.help for a in actions), [a.option_strings for a in actions if not a.help]
+
+
+def test_csv_as_released(tmp_path):
+    path = tmp_path / "dev_sent_emo.csv"
+    path.write_bytes("Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
+                     '1,"Oh my God, you\x92re \u2018here\u2019\u2026",Ross,Joy,positive,7,2,3,5,"00:16:16,059","00:16:21,731"\n'
+                     .encode("utf-8"))
+    [row] = read_split(tmp_path, "dev")
+    assert (row.key, row.emotion, row.text) == ("dev/dia7_utt2", "joy", "Oh my God, you're 'here'...")
+    assert row.start_s == pytest.approx(976.059) and row.end_s == pytest.approx(981.731)
+    assert parse_time("01:02:03,4") == pytest.approx(3723.4) and parse_time("") is None
+    assert read_split(tmp_path, "test") is None
+    path.write_text("Sr No.,Utterance,Speaker,Emotion,Dialogue_ID,Utterance_ID\n1,Hi,Ross,bored,0,0\n")
+    with pytest.raises(train_meld.InputError, match=r"dev_sent_emo.csv:2: unknown emotion 'bored'"):
+        read_split(tmp_path, "dev")
+
+
+def test_entropy_ranked_frames_keep_time_order():
+    assert frame_entropy(np.zeros((8, 8, 3), np.uint8)) == 0.0
+    uniform = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
+    assert frame_entropy(uniform) == pytest.approx(8.0)
+    rng = np.random.default_rng(0)
+    levels = [1, 8, 2, 64, 4, 32, 16]  # distinct grey levels per frame: entropy grows with the count
+    frames = [(rng.integers(0, n, (16, 16, 1)) * (256 // n)).repeat(3, axis=2).astype(np.uint8) for n in levels]
+    kept = top_entropy_frames(iter(frames), 3)
+    assert [next(i for i, f in enumerate(frames) if np.array_equal(f, k)) for k in kept] == [3, 5, 6]
+    assert top_entropy_frames(iter([]), 3) is None
+
+
+def test_sentence_pooling_ignores_padding(text_encoder):
+    encoder = SentenceEncoder(text_encoder)
+    alone = encoder(["wow"])
+    batched = encoder(["wow", "i think the coffee was great so really okay"])
+    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+    assert torch.allclose(batched.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert len(EMOTIONS) == 7
