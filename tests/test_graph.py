@@ -11,7 +11,6 @@ NUM_NODES, IN_DIM = 12, 5
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: see conftest.py
 
 
-
 def random_graph(seed: int) -> torch.Tensor:
     """(2, E) edges j -> i with self-loops and duplicate edges; nodes 9 and 10 only send (no in-edges),
     node 11 is isolated."""

@@ -26,7 +26,6 @@ KINDS = {"lstm": (LSTM, nn.LSTM), "gru": (GRU, nn.GRU)}
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: see conftest.py
 
 
-
 def make_pair(kind, num_layers, bidirectional, batch_first, dropout=0.0, dtype=torch.float64,
               input_size=INPUT, hidden_size=HIDDEN):
     ours_class, torch_class = KINDS[kind]

@@ -11,7 +11,6 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: see conftest.py
 
 
-
 def warm_up_batch_norms(model: nn.Module, channels: int) -> None:
     """Random BN affine parameters and a few training-mode passes, so that running stats are not (0, 1)."""
     with torch.no_grad():
