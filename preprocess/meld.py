@@ -1,0 +1,211 @@
+"""MELD layout: the three annotation CSVs, the clip of each row, entropy-ranked frames, and a fixture.
+
+    --data DIR/
+        train_sent_emo.csv  dev_sent_emo.csv  [test_sent_emo.csv]
+        [train_splits/  dev_splits_complete/  output_repeated_splits_test/]   dia{D}_utt{U}.mp4
+
+CSV columns (as released, UTF-8 with typographic and some mis-encoded characters): Sr No., Utterance,
+Speaker, Emotion, Sentiment, Dialogue_ID, Utterance_ID, Season, Episode, StartTime, EndTime, the times
+as `hh:mm:ss,ms`. Dialogue ids restart at 0 in every split, so an utterance's key is `split/diaD_uttU`.
+"""
+import csv
+import heapq
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common import InputError
+
+EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
+SENTIMENT_OF = {"neutral": "neutral", "joy": "positive", "surprise": "positive", "anger": "negative",
+                "sadness": "negative", "disgust": "negative", "fear": "negative"}
+SPLIT_CSV = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
+SPLIT_CLIP_DIRS = {"train": ("train_splits",), "dev": ("dev_splits_complete",),
+                   "test": ("output_repeated_splits_test", "test_splits_complete")}
+REQUIRED_COLUMNS = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
+TIME_PATTERN = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2})[,.](\d{1,3})$")
+# cp1252 bytes that the release sometimes carries as C1 control characters, and typographic punctuation
+TEXT_FIXES = str.maketrans({"\x91": "'", "\x92": "'", "\x93": '"', "\x94": '"', "\x85": "...", "\x96": "-",
+                            "\x97": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "…": "...", "—": "-", "–": "-"})
+
+
+@dataclass(frozen=True)
+class Utterance:
+    split: str
+    dialogue: int
+    utterance: int
+    text: str
+    speaker: str
+    emotion: str
+    start_s: float | None
+    end_s: float | None
+
+    @property
+    def clip_name(self):
+        return f"dia{self.dialogue}_utt{self.utterance}.mp4"
+
+    @property
+    def key(self):
+        return f"{self.split}/dia{self.dialogue}_utt{self.utterance}"
+
+
+def parse_time(text):
+    """'00:16:16,059' -> 976.059 seconds; None when empty or malformed (times are informative only)."""
+    match = TIME_PATTERN.match(text.strip())
+    if not match:
+        return None
+    hours, minutes, seconds, millis = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(millis.ljust(3, "0")) / 1000
+
+
+def clean_text(text):
+    """Typographic / cp1252 punctuation to ASCII, whitespace collapsed (what the text encoder sees)."""
+    return " ".join(text.translate(TEXT_FIXES).split())
+
+
+def read_split(data_dir, split):
+    """The rows of one split's CSV as Utterances in file order, or None when the CSV is absent."""
+    path = Path(data_dir) / SPLIT_CSV[split]
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as file:
+        reader = csv.DictReader(file)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)} (expected the MELD header)")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            emotion = row["Emotion"].strip().lower()
+            if emotion not in EMOTIONS:
+                raise InputError(f"{path}:{line}: unknown emotion {row['Emotion']!r} (expected one of {', '.join(EMOTIONS)})")
+            try:
+                dialogue, utterance = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
+            except (TypeError, ValueError):
+                raise InputError(f"{path}:{line}: Dialogue_ID/Utterance_ID must be integers") from None
+            rows.append(Utterance(split, dialogue, utterance, clean_text(row["Utterance"] or ""), row["Speaker"].strip(),
+                                  emotion, parse_time(row.get("StartTime") or ""), parse_time(row.get("EndTime") or "")))
+    if not rows:
+        raise InputError(f"{path}: no rows")
+    duplicates = len(rows) - len({u.key for u in rows})
+    if duplicates:
+        raise InputError(f"{path}: {duplicates} duplicate (Dialogue_ID, Utterance_ID) pairs")
+    return rows
+
+
+def find_clip(data_dir, utterance):
+    """Path of the utterance's mp4 in its split folder, or None."""
+    for folder in SPLIT_CLIP_DIRS[utterance.split]:
+        path = Path(data_dir) / folder / utterance.clip_name
+        if path.is_file():
+            return path
+    return None
+
+
+def dialogues(utterances):
+    """Utterances grouped by dialogue, each group sorted by utterance id: [[Utterance, ...], ...]."""
+    groups = {}
+    for utterance in utterances:
+        groups.setdefault(utterance.dialogue, []).append(utterance)
+    return [sorted(groups[d], key=lambda u: u.utterance) for d in sorted(groups)]
+
+
+# ---------------------------------------------------------------- entropy-ranked frames
+
+def frame_entropy(rgb):
+    """Shannon entropy (bits) of the 256-bin histogram of the frame's grayscale (ITU-R 601 luma)."""
+    gray = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).round().astype(np.uint8)
+    probabilities = np.bincount(gray.ravel(), minlength=256) / gray.size
+    probabilities = probabilities[probabilities > 0]
+    return float(-(probabilities * np.log2(probabilities)).sum())
+
+
+def top_entropy_frames(frames, k):
+    """The k frames of highest grayscale entropy from an iterable (consumed one at a time, so at most k
+    are held), returned in their original time order as uint8 (k', H, W, 3); ties keep the earlier frame."""
+    kept = []  # min-heap of (entropy, -index, frame)
+    for index, frame in enumerate(frames):
+        item = (frame_entropy(frame), -index, frame)
+        if len(kept) < k:
+            heapq.heappush(kept, item)
+        elif item[:2] > kept[0][:2]:
+            heapq.heapreplace(kept, item)
+    return np.stack([frame for _, _, frame in sorted(kept, key=lambda item: -item[1])]) if kept else None
+
+
+# ---------------------------------------------------------------- fixture
+
+CUE_WORDS = {"neutral": "okay", "joy": "great", "surprise": "wow", "anger": "hate", "sadness": "sorry",
+             "disgust": "gross", "fear": "scared"}
+FILLER_WORDS = ("i", "you", "we", "the", "that", "is", "was", "so", "really", "just", "know", "think", "ross",
+                "rachel", "coffee", "apartment", "today", "well", "oh", "yeah", "no", "it", "'", "m", ".", ",", "!", "?")
+FIXTURE_WORDS = tuple(CUE_WORDS.values()) + FILLER_WORDS
+TONE_HZ = {emotion: 220.0 * 1.25 ** index for index, emotion in enumerate(EMOTIONS)}
+HUE_DEG = {emotion: 360.0 / len(EMOTIONS) * index for index, emotion in enumerate(EMOTIONS)}
+SPEAKERS = ("Ross", "Rachel", "Chandler", "Monica", "Joey", "Phoebe", "The Interviewer")
+
+
+def format_time(seconds):
+    millis = round(seconds * 1000)
+    return f"{millis // 3_600_000:02d}:{millis // 60_000 % 60:02d}:{millis // 1000 % 60:02d},{millis % 1000:03d}"
+
+
+def make_meld(out_dir, *, seed=0, dialogues_per_split=(10, 4, 4), with_clips=True, duration_s=0.6, fps=10,
+              height=48, width=64, sample_rate=16000):
+    """MELD layout: {train,dev,test}_sent_emo.csv and clips in train_splits/, dev_splits_complete/,
+    output_repeated_splits_test/. Dialogue ids restart at 0 per split (as released); 3-5 utterances each,
+    emotions cycling so all 7 occur in every split. Returns the sorted list of files written.
+
+    Planted signal: text holds the emotion's CUE_WORDS word among random filler words (with a typographic
+    apostrophe, as the release has); audio is a tone at TONE_HZ[emotion] with noise; video a centred square
+    of hue HUE_DEG[emotion] on a textured grey background. Release defects: train dia1_utt1's clip is
+    missing and dev dia0_utt0's clip is a truncated mp4.
+    """
+    from preprocess.fixtures import hue_rgb, solid_frame, tone, write_video  # fixtures imports this module
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, serial = [], 0
+    for split, dialogue_count in zip(("train", "dev", "test"), dialogues_per_split):
+        rng = np.random.default_rng([seed, len(split)])
+        rows = []
+        for dialogue in range(dialogue_count):
+            clock = 60.0 * dialogue + 5
+            for utterance in range(3 + (dialogue + len(split)) % 3):
+                serial += 1
+                emotion = EMOTIONS[(len(rows) * 3 + dialogue) % len(EMOTIONS)]
+                words = [str(w) for w in rng.choice(FILLER_WORDS[:20], size=int(rng.integers(1, 4)))]
+                words.insert(int(rng.integers(0, len(words) + 1)), CUE_WORDS[emotion])
+                text = " ".join(words).capitalize() + rng.choice([".", "!", "?", "…"])
+                text = text.replace(" i ", " I’m ") if " i " in text else text
+                start, clock = clock, clock + duration_s + 0.5
+                rows.append([len(rows) + 1, text, SPEAKERS[(utterance + dialogue) % len(SPEAKERS)], emotion,
+                             SENTIMENT_OF[emotion], dialogue, utterance, 3, 7, format_time(start),
+                             format_time(start + duration_s)])
+                if not with_clips or (split, dialogue, utterance) == ("train", 1, 1):
+                    continue
+                clip = out_dir / SPLIT_CLIP_DIRS[split][0] / f"dia{dialogue}_utt{utterance}.mp4"
+                if (split, dialogue, utterance) == ("dev", 0, 0):
+                    clip.parent.mkdir(parents=True, exist_ok=True)
+                    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(40))  # a container cut short
+                    written.append(clip)
+                    continue
+                wave = tone(TONE_HZ[emotion] * rng.uniform(0.98, 1.02), duration_s, sample_rate, amplitude=0.3,
+                            noise=0.03, rng=rng)
+                frame = solid_frame(height, width, (90,) * 3, noise=20, rng=rng)
+                side = height // 2
+                top, left = (height - side) // 2, (width - side) // 2
+                frame[top:top + side, left:left + side] = hue_rgb(HUE_DEG[emotion] + rng.uniform(-8, 8), 0.8, 0.9)
+                frames = [np.clip(frame.astype(int) + rng.integers(-3, 4, frame.shape), 0, 255).astype(np.uint8)
+                          for _ in range(round(duration_s * fps))]
+                written.append(write_video(clip, frames, fps=fps, crf=26, audio=wave, sample_rate=sample_rate,
+                                           audio_bit_rate=64000))
+        path = out_dir / SPLIT_CSV[split]
+        with open(path, "w", encoding="utf-8", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
+                             "Season", "Episode", "StartTime", "EndTime"])
+            writer.writerows(rows)
+        written.append(path)
+    return sorted(written)

@@ -1,0 +1,369 @@
+"""MELD text + audio + video emotion recognition (seed 003): trained on train, selected on dev, tested once.
+
+Text only, MiniLM sentence embeddings (`make weights` puts them in weights/all-MiniLM-L6-v2), no clips needed;
+frozen encoder (~5 min on one CPU thread), or fine-tuned for one epoch on train first (~8 min):
+    python train_meld.py --data ../shared/data/meld -mod t --text-encoder weights/all-MiniLM-L6-v2 --out runs/meld/text
+    python train_meld.py --data ../shared/data/meld -mod t --text-encoder weights/all-MiniLM-L6-v2 --text-finetune-epochs 1 --text-finetune-lr 1e-4 --epochs 10 --out runs/meld/text-ft
+Text + audio + video with the released clips, wav2vec2 and ResNet-50 ImageNet weights from local folders:
+    python train_meld.py --data MELD.Raw/ -mod tav --text-encoder weights/all-MiniLM-L6-v2 --audio-model weights/wav2vec2-base-960h --video-weights weights/resnet50.pth
+Per-utterance model (no dialogue context) with an SVM head fitted on the train features:
+    python train_meld.py --data DIR -mod ta --context none --svm --text-encoder weights/all-MiniLM-L6-v2
+A tiny synthetic tree in the real layout (clips included):
+    python -m preprocess.fixtures meld data/demo/meld
+
+Features are computed once by frozen encoders and cached in --cache (atomic .npy files): text = mean-pooled,
+L2-normalised sentence embedding (with --text-finetune-epochs, of an encoder first fine-tuned on the train
+split only); audio = wav2vec2 mean (with --audio-model) + 25 MFCC means + 5 prosody values; video = the
+10 frames of highest grayscale-histogram entropy (kept in time order) -> ResNet-50, mean over the frames
+(2048-d; random init without --video-weights). Missing or undecodable clips are skipped and listed in
+failures.csv; a split without its CSV is skipped with a message (test is optional). Features are
+standardised with train statistics. Model: per-modality BiLSTM over a dialogue's utterances (--context
+dialogue) or each utterance alone (--context none), multi-head attention over the modality tokens, Linear -> 7,
+class-weighted cross-entropy. Outputs in --out (default runs/meld/NNN): args.json, split.json, failures.csv,
+model.pt (best dev weighted-F1), last.pt (--resume), metrics.json {"dev": ..., "test": ...[, "svm": ...]}.
+"""
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import (InputError, add_logistics_args, argument_parser, atomic_write, classification_report, format_table,
+                    load_checkpoint, make_run_dir, progress, resolve_device, run_main, save_checkpoint, seed_everything,
+                    write_json)
+from models.meld_emotion import FrameEncoder, MELDEmotionClassifier, SentenceEncoder, Wav2Vec2Mean
+from preprocess.cache import cached_array
+from preprocess.features import mfcc, prosody
+from preprocess.media import MediaError, iter_frames, load_audio
+from preprocess.meld import EMOTIONS, SPLIT_CLIP_DIRS, SPLIT_CSV, dialogues, find_clip, read_split, top_entropy_frames
+
+MODALITIES = ["t", "a", "v", "ta", "tv", "av", "tav"]
+CLASS_WEIGHTS = {"none": lambda counts: np.ones(len(counts)),
+                 "inverse": lambda counts: counts.sum() / (len(counts) * np.maximum(counts, 1)),
+                 "sqrt": lambda counts: np.sqrt(counts.sum() / (len(counts) * np.maximum(counts, 1)))}
+
+
+def build_parser():
+    parser = argument_parser(__doc__)
+    data = parser.add_argument_group("Data")
+    data.add_argument("--data", required=True, help="MELD folder: {train,dev}_sent_emo.csv (test_sent_emo.csv optional) and, for -mod a/v, the clip folders train_splits/, dev_splits_complete/, output_repeated_splits_test/")
+    data.add_argument("--cache", default="cache/meld", help="folder for cached feature arrays, reused across runs (default %(default)s)")
+    features = parser.add_argument_group("Features (frozen encoders, computed once)")
+    features.add_argument("--text-encoder", help="local folder of a transformers sentence encoder (needed for t), e.g. weights/all-MiniLM-L6-v2 from `make weights`")
+    features.add_argument("--text-finetune-epochs", type=int, default=0, help="first fine-tune the text encoder for N epochs on the train split (temporary linear head, class-weighted CE), then cache its embeddings; 0 = frozen (default %(default)s)")
+    features.add_argument("--text-finetune-lr", type=float, default=5e-5, help="AdamW learning rate of that fine-tuning, linear decay (default %(default)s)")
+    features.add_argument("--text-max-length", type=int, default=128, help="tokens per utterance, longer ones are cut (default %(default)s)")
+    features.add_argument("--audio-model", help="local wav2vec2 folder (e.g. wav2vec2-base-960h); adds its 768-d mean to the 25 MFCC means + 5 prosody values")
+    features.add_argument("--video-weights", help="torchvision ResNet-50 ImageNet state dict (.pth or folder with resnet50*.pth); a seeded random ResNet-50 without it")
+    features.add_argument("--video-fps", type=float, default=4.0, help="frames sampled per second before the entropy ranking (default %(default)s)")
+    features.add_argument("--video-frames", type=int, default=10, help="frames of highest grayscale entropy kept per clip (default %(default)s)")
+    features.add_argument("--frame-size", type=int, default=224, help="frames resized (shorter side) and centre-cropped to this square (default %(default)s)")
+    model = parser.add_argument_group("Model")
+    model.add_argument("-mod", "--modalities", default="t", choices=MODALITIES, help="t(ext), a(udio), v(ideo) or any combination (default %(default)s)")
+    model.add_argument("--context", default="dialogue", choices=["dialogue", "none"], help="BiLSTM over the utterances of a dialogue, or over each utterance alone (default %(default)s)")
+    model.add_argument("--hidden", type=int, default=256, help="BiLSTM units per direction (default %(default)s)")
+    model.add_argument("--d-model", type=int, default=512, help="width of the modality tokens and of the attention (default %(default)s)")
+    model.add_argument("--heads", type=int, default=8, help="attention heads (default %(default)s)")
+    model.add_argument("--dropout", type=float, default=0.3, help="(default %(default)s)")
+    model.add_argument("--svm", action="store_true", help="also fit an SVM (scikit-learn SVC) on the fused train-set vectors of the selected model and report it under 'svm'")
+    model.add_argument("--svm-c", type=float, default=1.0, help="SVM regularisation C (default %(default)s)")
+    train = parser.add_argument_group("Training")
+    train.add_argument("--epochs", type=int, default=20, help="(default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=16, help="sequences per batch: dialogues, or utterances with --context none (default %(default)s)")
+    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW with a one-cycle schedule (default %(default)s)")
+    train.add_argument("--weight-decay", type=float, default=1e-2, help="(default %(default)s)")
+    train.add_argument("--class-weights", default="sqrt", choices=sorted(CLASS_WEIGHTS), help="cross-entropy class weights from train counts: inverse frequency, its square root, or none (default %(default)s)")
+    run = parser.add_argument_group("Run")
+    run.add_argument("--out", help="run folder (default: a new runs/meld/NNN)")
+    run.add_argument("--resume", action="store_true", help="continue from last.pt in --out (same flags as the interrupted run)")
+    add_logistics_args(parser, default_seed=3)
+    return parser
+
+
+# ---------------------------------------------------------------- data and features
+
+def load_splits(data_dir):
+    """{split: [Utterance]} for the splits whose CSV exists; train and dev are required."""
+    if not Path(data_dir).is_dir():
+        raise InputError(f"--data {data_dir}: not a folder")
+    splits = {}
+    for split in ("train", "dev", "test"):
+        rows = read_split(data_dir, split)
+        if rows is None:
+            if split != "test":
+                raise InputError(f"{Path(data_dir) / SPLIT_CSV[split]}: not found (train and dev CSVs are required)")
+            print(f"{SPLIT_CSV[split]} not in {data_dir}: the {split} split is skipped")
+            continue
+        splits[split] = rows
+    return splits
+
+
+def file_fingerprint(folder):
+    """Names, sizes and times of a model folder's files, so new weights give new cache entries."""
+    if not folder:
+        return None
+    folder = Path(folder)
+    files = sorted(folder.rglob("*")) if folder.is_dir() else [folder]
+    return [str(folder.resolve())] + [[str(f.relative_to(folder) if folder.is_dir() else f.name), f.stat().st_size, f.stat().st_mtime_ns]
+                                      for f in files if f.is_file()]
+
+
+class TextFeatures:
+    """(N, hidden) float32 sentence embeddings of one split's CSV, cached as one array per split. With
+    --text-finetune-epochs the encoder is first fine-tuned on the train split's texts and labels only."""
+
+    def __init__(self, splits, args, device):
+        if not args.text_encoder:
+            raise InputError("-mod with t needs --text-encoder DIR (run `make weights` for weights/all-MiniLM-L6-v2)")
+        self.train, self.args, self.device, self.encoder = splits["train"], args, device, None
+        self.settings = {"text_encoder": file_fingerprint(args.text_encoder), "max_length": args.text_max_length}
+        if args.text_finetune_epochs:
+            self.settings["finetune"] = {"epochs": args.text_finetune_epochs, "lr": args.text_finetune_lr, "seed": args.seed,
+                                         "class_weights": args.class_weights, "train_csv": file_fingerprint(Path(args.data) / SPLIT_CSV["train"])}
+
+    def build_encoder(self):
+        encoder = SentenceEncoder(self.args.text_encoder, device=self.device, max_length=self.args.text_max_length)
+        if self.args.text_finetune_epochs:
+            labels = [EMOTIONS.index(u.emotion) for u in self.train]
+            weights = torch.tensor(CLASS_WEIGHTS[self.args.class_weights](np.bincount(labels, minlength=len(EMOTIONS))), dtype=torch.float32)
+            encoder.finetune([u.text for u in self.train], labels, num_classes=len(EMOTIONS), epochs=self.args.text_finetune_epochs,
+                             lr=self.args.text_finetune_lr, class_weights=weights, seed=self.args.seed,
+                             progress=lambda items, desc: progress(items, desc=desc, leave=False))
+        return encoder
+
+    def __call__(self, split, utterances):
+        def compute():
+            self.encoder = self.encoder or self.build_encoder()
+            order = np.argsort([len(u.text) for u in utterances])  # similar lengths share a batch: less padding
+            embeddings = np.zeros((len(utterances), self.encoder.model.config.hidden_size), np.float32)
+            for start in progress(range(0, len(order), 64), desc=f"encoding {split} text", leave=False):
+                rows = order[start:start + 64]
+                embeddings[rows] = self.encoder([utterances[i].text for i in rows]).numpy()
+            return embeddings
+        return cached_array(self.args.cache, Path(self.args.data) / SPLIT_CSV[split], self.settings, compute)
+
+
+class ClipFeatures:
+    """Per-clip audio (wav2vec2 mean + 25 MFCC means + 5 prosody) and video (entropy top-k -> ResNet-50) vectors."""
+
+    def __init__(self, args, device):
+        self.args, self.device, self.encoders = args, device, {}
+        self.settings = {"a": {"audio_model": file_fingerprint(args.audio_model), "n_mfcc": 25},
+                         "v": {"video_weights": file_fingerprint(args.video_weights) or "random-seed0", "fps": args.video_fps,
+                               "frames": args.video_frames, "size": args.frame_size}}
+
+    def encoder(self, name):  # built on first use: a fully cached run never loads the big models
+        if name not in self.encoders:
+            self.encoders[name] = (Wav2Vec2Mean(self.args.audio_model, device=self.device) if name == "wav2vec2"
+                                   else FrameEncoder(self.args.video_weights).to(self.device))
+        return self.encoders[name]
+
+    def audio(self, clip):
+        wave = load_audio(clip)
+        parts = [mfcc(wave, n_mfcc=25).mean(-1), prosody(wave)]
+        if self.args.audio_model:
+            parts.insert(0, self.encoder("wav2vec2")(wave))
+        return torch.cat(parts).numpy().astype(np.float32)
+
+    def video(self, clip):
+        frames = top_entropy_frames((frame for _, frame in iter_frames(clip, fps=self.args.video_fps, size=self.args.frame_size,
+                                                                        center_crop=True)), self.args.video_frames)
+        if frames is None:
+            raise MediaError(clip, "no video frames decoded")
+        return self.encoder("resnet50")(frames).numpy().astype(np.float32)
+
+    def __call__(self, modality, clip):
+        compute = self.audio if modality == "a" else self.video
+        return cached_array(self.args.cache, clip, self.settings[modality], lambda: compute(clip))
+
+
+def build_features(splits, args, device):
+    """{split: {"utterances": kept, modality: float32 (N, F)}} and the failures [(key, problem)]."""
+    clip_features, failures, data = ClipFeatures(args, device), [], {}
+    text_features = TextFeatures(splits, args, device) if "t" in args.modalities else None
+    for split, utterances in splits.items():
+        per_modality = {}
+        if "t" in args.modalities:
+            per_modality["t"] = list(text_features(split, utterances))
+        kept = np.ones(len(utterances), bool)
+        for modality in (m for m in "av" if m in args.modalities):
+            vectors = []
+            for index, utterance in enumerate(progress(utterances, desc=f"{split} {'audio' if modality == 'a' else 'video'}", leave=False)):
+                clip, vector = find_clip(args.data, utterance), None
+                if clip is None:
+                    failures.append((utterance.key, f"no {utterance.clip_name} in {args.data}/{SPLIT_CLIP_DIRS[split][0]}/"))
+                elif kept[index]:
+                    try:
+                        vector = clip_features(modality, clip)
+                    except MediaError as error:
+                        failures.append((utterance.key, str(error)))
+                kept[index] &= vector is not None
+                vectors.append(vector)
+            per_modality[modality] = vectors
+        data[split] = {"utterances": [u for u, keep in zip(utterances, kept) if keep]}
+        for modality, vectors in per_modality.items():
+            data[split][modality] = np.stack([v for v, keep in zip(vectors, kept) if keep]) if kept.any() else None
+        if not kept.any():
+            print(f"{split}: no utterance has every modality of -mod {args.modalities}; the split is skipped")
+            del data[split]
+    for split in ("train", "dev"):
+        if split not in data:
+            raise InputError(f"{args.data}: no usable {split} utterances for -mod {args.modalities} (see failures.csv)")
+    return data, sorted(set(failures))
+
+
+def standardise(data, modalities):
+    """z-score every feature with the train split's mean and std (train statistics only)."""
+    stats = {}
+    for modality in modalities:
+        train = data["train"][modality]
+        stats[modality] = (train.mean(0), train.std(0) + 1e-6)
+        for split in data.values():
+            split[modality] = torch.from_numpy((split[modality] - stats[modality][0]) / stats[modality][1]).float()
+    return stats
+
+
+def sequences(utterances, context):
+    """Index lists into `utterances`: one per dialogue (in utterance order), or one per utterance."""
+    if context == "none":
+        return [[i] for i in range(len(utterances))]
+    position = {u.key: i for i, u in enumerate(utterances)}
+    return [[position[u.key] for u in group] for group in dialogues(utterances)]
+
+
+def make_batch(split, index_lists, modalities, device):
+    """features {m: (B, T, F)}, lengths (B,), labels (B, T) with -100 at padding, keys [[key]]."""
+    lengths = torch.tensor([len(indices) for indices in index_lists])
+    steps, labels = int(lengths.max()), torch.full((len(index_lists), int(lengths.max())), -100)
+    features = {m: split[m].new_zeros(len(index_lists), steps, split[m].shape[1]) for m in modalities}
+    for row, indices in enumerate(index_lists):
+        labels[row, :len(indices)] = torch.tensor([EMOTIONS.index(split["utterances"][i].emotion) for i in indices])
+        for m in modalities:
+            features[m][row, :len(indices)] = split[m][indices]
+    keys = [[split["utterances"][i].key for i in indices] for indices in index_lists]
+    return {m: f.to(device) for m, f in features.items()}, lengths.to(device), labels.to(device), keys
+
+
+def training_batches(split, args, generator, device):
+    """The only place training batches come from: shuffled sequences of the train split."""
+    index_lists = sequences(split["utterances"], args.context)
+    order = torch.randperm(len(index_lists), generator=generator).tolist()
+    for start in range(0, len(order), args.batch_size):
+        yield make_batch(split, [index_lists[i] for i in order[start:start + args.batch_size]], args.modalities, device)
+
+
+@torch.no_grad()
+def predict(model, split, args, device, *, fused=False):
+    """Per-utterance probabilities (N, C) (or fused vectors with fused=True) in split["utterances"] order."""
+    model.eval()
+    index_lists = sequences(split["utterances"], args.context)
+    outputs = [None] * len(split["utterances"])
+    for start in range(0, len(index_lists), args.batch_size):
+        chunk = index_lists[start:start + args.batch_size]
+        features, lengths, _, _ = make_batch(split, chunk, args.modalities, device)
+        values = model.fuse(features, lengths) if fused else model(features, lengths).softmax(-1)
+        for row, indices in enumerate(chunk):
+            for step, index in enumerate(indices):
+                outputs[index] = values[row, step].float().cpu()
+    return torch.stack(outputs).numpy()
+
+
+def labels_of(split):
+    return np.array([EMOTIONS.index(u.emotion) for u in split["utterances"]])
+
+
+def fit_svm(keys, vectors, labels, args):
+    """SVC on the fused vectors of the train split only (keys are passed so tests can check that)."""
+    from sklearn.svm import SVC
+    assert all(key.startswith("train/") for key in keys)
+    return SVC(C=args.svm_c, class_weight=None if args.class_weights == "none" else "balanced").fit(vectors, labels)
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    splits = load_splits(args.data)
+    run_dir = make_run_dir(args.out, args, default_root="runs/meld")
+    data, failures = build_features(splits, args, device)
+    atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
+    if failures:
+        print(f"{len(failures)} utterance(s) skipped for missing or unreadable clips, listed in {run_dir / 'failures.csv'}")
+    write_json(run_dir / "split.json", {split: [u.key for u in part["utterances"]] for split, part in data.items()})
+    stats = standardise(data, args.modalities)
+
+    train_labels = labels_of(data["train"])
+    counts = np.bincount(train_labels, minlength=len(EMOTIONS))
+    class_weights = torch.tensor(CLASS_WEIGHTS[args.class_weights](counts), dtype=torch.float32, device=device)
+    input_dims = {m: data["train"][m].shape[1] for m in args.modalities}
+    model = MELDEmotionClassifier(input_dims=input_dims, num_classes=len(EMOTIONS), hidden=args.hidden, d_model=args.d_model,
+                                  heads=args.heads, dropout=args.dropout).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = -(-len(sequences(data["train"]["utterances"], args.context)) // args.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(1, args.epochs * steps_per_epoch))
+    start_epoch, best_score, best_epoch = 0, -1.0, -1
+    if args.resume and (run_dir / "last.pt").is_file():
+        state = load_checkpoint(run_dir / "last.pt")
+        if state["total_steps"] != scheduler.total_steps:
+            raise InputError(f"{run_dir / 'last.pt'}: --resume needs the interrupted run's --epochs and --batch-size")
+        model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"]), scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+    checkpoint_info = {"args": vars(args), "class_names": list(EMOTIONS), "input_dims": input_dims,
+                       "feature_mean": {m: torch.from_numpy(s[0]) for m, s in stats.items()},
+                       "feature_std": {m: torch.from_numpy(s[1]) for m, s in stats.items()}}
+    generator = torch.Generator()
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        generator.manual_seed(args.seed + epoch)
+        started, loss_sum, batches = time.time(), 0.0, 0
+        for features, lengths, labels, _ in progress(training_batches(data["train"], args, generator, device), total=steps_per_epoch,
+                                                     desc=f"epoch {epoch + 1}/{args.epochs}", leave=False):
+            logits = model(features, lengths)
+            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), weight=class_weights, ignore_index=-100)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum, batches = loss_sum + loss.item(), batches + 1
+        dev = classification_report(labels_of(data["dev"]), predict(model, data["dev"], args, device).argmax(1), class_names=list(EMOTIONS))
+        improved = dev["weighted_f1"] > best_score
+        if improved:
+            best_score, best_epoch = dev["weighted_f1"], epoch
+            save_checkpoint(run_dir / "model.pt", {"model": model.state_dict(), "epoch": epoch, **checkpoint_info})
+        save_checkpoint(run_dir / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                              "rng": torch.get_rng_state(), "epoch": epoch, "best_score": best_score,
+                                              "best_epoch": best_epoch, "total_steps": scheduler.total_steps})
+        print(f"epoch {epoch + 1}: loss {loss_sum / max(1, batches):.3f}  dev weighted-F1 {dev['weighted_f1']:.3f}  accuracy {dev['accuracy']:.3f}  "
+              f"macro-F1 {dev['macro_f1']:.3f}{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
+
+    model.load_state_dict(load_checkpoint(run_dir / "model.pt")["model"])
+    metrics = {"protocol": f"MELD official splits; trained on train, checkpoint = best dev weighted-F1 (epoch {best_epoch + 1}), test evaluated "
+                           f"once; -mod {args.modalities}, context {args.context}; F1 averaged per class (macro) and weighted by support; "
+                           "majority baseline = most frequent train class",
+               "skipped_utterances": len(failures)}
+    evaluated = [split for split in ("dev", "test") if split in data]
+    for split in evaluated:
+        metrics[split] = classification_report(labels_of(data[split]), predict(model, data[split], args, device).argmax(1),
+                                               class_names=list(EMOTIONS), train_labels=train_labels)
+    if args.svm:
+        vectors = {split: predict(model, data[split], args, device, fused=True) for split in ["train", *evaluated]}
+        svm = fit_svm([u.key for u in data["train"]["utterances"]], vectors["train"], train_labels, args)
+        metrics["svm"] = {"protocol": "SVC on the selected model's fused vectors, fitted on train only",
+                          **{split: classification_report(labels_of(data[split]), svm.predict(vectors[split]), class_names=list(EMOTIONS),
+                                                          train_labels=train_labels) for split in evaluated}}
+    write_json(run_dir / "metrics.json", metrics)
+    columns = ["split", "n", "weighted_f1", "accuracy", "macro_f1", "majority_baseline_weighted_f1"]
+    rows = [{"split": split, **metrics[split]} for split in evaluated]
+    rows += [{"split": f"{split} (svm)", **metrics["svm"][split]} for split in evaluated if args.svm]
+    print(format_table(rows, columns))
+    print(f"run folder: {run_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_main(main)
