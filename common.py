@@ -154,6 +154,39 @@ def load_checkpoint(path, map_location="cpu"):
         raise InputError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
 
 
+def save_training_state(path, *, model, optimizer, scheduler, epoch, best_score, best_epoch):
+    """last.pt for --resume: weights, optimizer, OneCycle/LR scheduler, torch RNG and the selection state."""
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                           "rng": torch.get_rng_state(), "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
+                           "total_steps": scheduler.total_steps})
+
+
+def resume_training_state(path, *, model, optimizer, scheduler):
+    """Restore what save_training_state wrote; returns (start_epoch, best_score, best_epoch). The schedule
+    must be the interrupted run's (same --epochs and --batch-size), or resuming would silently change it."""
+    state = load_checkpoint(path)
+    if state["total_steps"] != scheduler.total_steps:
+        raise InputError(f"{path}: --resume needs the interrupted run's --epochs and --batch-size")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return state["epoch"] + 1, state["best_score"], state["best_epoch"]
+
+
+def load_torchvision_weights(path, arch):
+    """A torchvision `arch` (e.g. "resnet18") state dict from a .pth file, or from `arch`*.pth inside a folder."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob(f"{arch}*.pth"))
+        if not candidates:
+            raise InputError(f"{path}: no {arch}*.pth inside (torchvision ImageNet weights expected)")
+        path = candidates[0]
+    if not path.is_file():
+        raise InputError(f"{path}: {arch} weights not found")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def make_run_dir(out, args, *, default_root):
     """Create the run folder (`--out`, or a new numbered folder under `default_root`) and write args.json
     with the exact command line. Returns the folder as a Path."""

@@ -32,7 +32,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from common import (InputError, add_logistics_args, argument_parser, atomic_write, classification_report,
                     cleanup_distributed, format_table, load_checkpoint, make_run_dir, parse_ids, progress,
-                    resolve_device, run_main, save_checkpoint, seed_everything, setup_distributed, write_json)
+                    resolve_device, resume_training_state, run_main, save_checkpoint, save_training_state,
+                    seed_everything, setup_distributed, write_json)
 from models.av_emotion import AUDIO_ENCODERS, AVEmotionClassifier, VideoEncoder
 from preprocess.cache import ensure_cached
 from preprocess.media import MediaError, load_audio, read_frames
@@ -236,12 +237,7 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
     train_counts = np.bincount(datasets["train"].label_ids, minlength=len(class_names))
     start_epoch, best_score, best_epoch = 0, -1.0, -1
     if args.resume and (split_dir / "last.pt").is_file():
-        state = load_checkpoint(split_dir / "last.pt")
-        if state["total_steps"] != scheduler.total_steps:
-            raise InputError(f"{split_dir / 'last.pt'}: --resume needs the interrupted run's --epochs and --batch-size")
-        model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"]), scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+        start_epoch, best_score, best_epoch = resume_training_state(split_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler)
     checkpoint_info = {"args": vars(args), "class_names": class_names, "train_class_counts": train_counts.tolist()}
     for epoch in range(start_epoch, args.epochs):
         train_model.train()
@@ -267,10 +263,8 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
             if improved:
                 best_score, best_epoch = val[args.select], epoch
                 save_checkpoint(split_dir / "model.pt", {"model": model.state_dict(), "epoch": epoch, **checkpoint_info})
-            save_checkpoint(split_dir / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                                                    "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
-                                                    "total_steps": scheduler.total_steps})
+            save_training_state(split_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler,
+                                epoch=epoch, best_score=best_score, best_epoch=best_epoch)
             scores = f"  val accuracy {val['accuracy']:.3f}  macro-F1 {val['macro_f1']:.3f}" if "val" in eval_loaders else ""
             print(f"{name} epoch {epoch + 1}: loss {loss_sum / max(1, len(train_loader)):.3f}{scores}"
                   f"{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from common import (InputError, add_logistics_args, argument_parser, atomic_write, classification_report, format_table,
-                    load_checkpoint, make_run_dir, progress, resolve_device, run_main, save_checkpoint, seed_everything,
-                    write_json)
+                    load_checkpoint, make_run_dir, progress, resolve_device, resume_training_state, run_main,
+                    save_checkpoint, save_training_state, seed_everything, write_json)
 from models.meld_emotion import FrameEncoder, MELDEmotionClassifier, SentenceEncoder, Wav2Vec2Mean
 from preprocess.cache import cached_array
 from preprocess.features import mfcc, prosody
@@ -307,12 +307,7 @@ def main(argv=None):
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(1, args.epochs * steps_per_epoch))
     start_epoch, best_score, best_epoch = 0, -1.0, -1
     if args.resume and (run_dir / "last.pt").is_file():
-        state = load_checkpoint(run_dir / "last.pt")
-        if state["total_steps"] != scheduler.total_steps:
-            raise InputError(f"{run_dir / 'last.pt'}: --resume needs the interrupted run's --epochs and --batch-size")
-        model.load_state_dict(state["model"]), optimizer.load_state_dict(state["optimizer"]), scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+        start_epoch, best_score, best_epoch = resume_training_state(run_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler)
     checkpoint_info = {"args": vars(args), "class_names": list(EMOTIONS), "input_dims": input_dims,
                        "feature_mean": {m: torch.from_numpy(s[0]) for m, s in stats.items()},
                        "feature_std": {m: torch.from_numpy(s[1]) for m, s in stats.items()}}
@@ -335,9 +330,8 @@ def main(argv=None):
         if improved:
             best_score, best_epoch = dev["weighted_f1"], epoch
             save_checkpoint(run_dir / "model.pt", {"model": model.state_dict(), "epoch": epoch, **checkpoint_info})
-        save_checkpoint(run_dir / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                              "rng": torch.get_rng_state(), "epoch": epoch, "best_score": best_score,
-                                              "best_epoch": best_epoch, "total_steps": scheduler.total_steps})
+        save_training_state(run_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler,
+                            epoch=epoch, best_score=best_score, best_epoch=best_epoch)
         print(f"epoch {epoch + 1}: loss {loss_sum / max(1, batches):.3f}  dev weighted-F1 {dev['weighted_f1']:.3f}  accuracy {dev['accuracy']:.3f}  "
               f"macro-F1 {dev['macro_f1']:.3f}{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
 

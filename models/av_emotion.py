@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from common import InputError
+from common import InputError, load_torchvision_weights
 from preprocess.features import log_mel
 from models.transformer import AttentionPool, SinusoidalPositions, TransformerEncoder, padding_mask
 
@@ -144,7 +144,7 @@ class VideoEncoder(nn.Module):
         super().__init__()
         resnet = torchvision.models.resnet18(weights=None)
         if resnet_weights:
-            resnet.load_state_dict(load_resnet_weights(resnet_weights))
+            resnet.load_state_dict(load_torchvision_weights(resnet_weights, "resnet18"))
         self.trunk = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
                                    resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
         self.frozen = nn.ModuleList(list(self.trunk)[:4 + frozen_stages]) if frozen_stages else nn.ModuleList()
@@ -173,20 +173,6 @@ class VideoEncoder(nn.Module):
         encoded = self.encoder(self.positions(tokens), src_key_padding_mask=frame_is_pad)
         kept = encoded.masked_fill(frame_is_pad[:, :, None], 0.0)
         return kept.sum(1) / lengths.clamp(min=1)[:, None].to(kept.dtype)
-
-
-def load_resnet_weights(path):
-    """A torchvision resnet18 state dict from a .pth file, or from resnet18*.pth inside a directory."""
-    from pathlib import Path
-    path = Path(path)
-    if path.is_dir():
-        candidates = sorted(path.glob("resnet18*.pth"))
-        if not candidates:
-            raise InputError(f"{path}: no resnet18*.pth inside (torchvision ImageNet weights expected)")
-        path = candidates[0]
-    if not path.is_file():
-        raise InputError(f"{path}: ResNet-18 weights not found")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class AVEmotionClassifier(nn.Module):

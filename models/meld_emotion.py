@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from common import InputError
+from common import InputError, load_torchvision_weights
 from models.lstm import LSTM
 from models.transformer import MultiheadAttention
 
@@ -110,7 +110,7 @@ class FrameEncoder(nn.Module):
             torch.manual_seed(seed)  # the random trunk (no --video-weights) is the same in every run
             resnet = torchvision.models.resnet50(weights=None)
         if weights:
-            resnet.load_state_dict(load_resnet50_weights(weights))
+            resnet.load_state_dict(load_torchvision_weights(weights, "resnet50"))
         resnet.fc = nn.Identity()
         self.resnet = resnet.eval()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
@@ -120,19 +120,6 @@ class FrameEncoder(nn.Module):
     def forward(self, frames):
         images = torch.as_tensor(frames).to(self.mean.device).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W)
         return self.resnet((images - self.mean) / self.std).mean(0).cpu()
-
-
-def load_resnet50_weights(path):
-    """A torchvision resnet50 state dict from a .pth file, or from resnet50*.pth inside a folder."""
-    path = Path(path)
-    if path.is_dir():
-        candidates = sorted(path.glob("resnet50*.pth"))
-        if not candidates:
-            raise InputError(f"--video-weights {path}: no resnet50*.pth inside (torchvision ImageNet weights expected)")
-        path = candidates[0]
-    if not path.is_file():
-        raise InputError(f"--video-weights {path}: file not found")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class MELDEmotionClassifier(nn.Module):

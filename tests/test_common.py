@@ -96,3 +96,13 @@ def test_parse_ids_and_device():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
             common.resolve_device("cuda")
+
+
+def test_torchvision_weights_from_file_or_folder(tmp_path):
+    import torchvision
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, tmp_path / "resnet18-f37072fd.pth")
+    loaded = common.load_torchvision_weights(tmp_path, "resnet18")
+    assert torch.equal(loaded["fc.weight"], state["fc.weight"])
+    with pytest.raises(InputError, match="no resnet50"):
+        common.load_torchvision_weights(tmp_path, "resnet50")
