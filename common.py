@@ -174,6 +174,18 @@ def resume_training_state(path, *, model, optimizer, scheduler):
     return state["epoch"] + 1, state["best_score"], state["best_epoch"]
 
 
+def load_pretrained(class_name, name):
+    """A transformers `class_name` (e.g. "ViTModel") from a hub name or a local folder, in eval mode; a
+    missing model (offline, or a wrong path) is one InputError that says how to supply a local copy."""
+    import transformers
+    try:
+        model = getattr(transformers, class_name).from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{name}: cannot load {class_name} ({str(error).splitlines()[0][:160]}); give a local folder "
+                         f"saved with save_pretrained, or run once online with HF_HUB_OFFLINE=0") from None
+    return model.eval()
+
+
 def load_torchvision_weights(path, arch):
     """A torchvision `arch` (e.g. "resnet18") state dict from a .pth file, or from `arch`*.pth inside a folder."""
     path = Path(path)

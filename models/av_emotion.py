@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from common import InputError, load_torchvision_weights
+from common import load_pretrained, load_torchvision_weights
 from preprocess.features import log_mel
 from models.transformer import AttentionPool, SinusoidalPositions, TransformerEncoder, padding_mask
 
@@ -108,13 +108,7 @@ class Wav2Vec2Encoder(nn.Module):
 
     def __init__(self, *, model_name, trainable_layers=2):
         super().__init__()
-        from transformers import Wav2Vec2Model
-        try:
-            self.wav2vec2 = Wav2Vec2Model.from_pretrained(model_name)
-        except (OSError, ValueError) as error:
-            raise InputError(f"{model_name}: cannot load a wav2vec2 model ({str(error).splitlines()[0][:160]}); "
-                             "download it once where there is network (e.g. `hf download facebook/wav2vec2-base "
-                             "--local-dir weights/wav2vec2-base`) and pass --audio-model weights/wav2vec2-base") from None
+        self.wav2vec2 = load_pretrained("Wav2Vec2Model", model_name)  # train_av switches train mode on per epoch
         self.wav2vec2.requires_grad_(False)
         layers = self.wav2vec2.encoder.layers
         for layer in layers[len(layers) - trainable_layers:] if trainable_layers > 0 else []:

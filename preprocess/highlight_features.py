@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import InputError
+from common import InputError, load_pretrained
 from models.highlight import EmotionProbe
 from preprocess.cache import cached_array
 from preprocess.features import log_mel, mfcc
@@ -99,16 +99,6 @@ class Encoders:
                 times, frames = [], []
         if frames:
             yield times, frames, self.images(np.stack(frames))
-
-
-def load_pretrained(class_name, name):
-    import transformers
-    try:
-        model = getattr(transformers, class_name).from_pretrained(name)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{name}: cannot load {class_name} ({str(error).splitlines()[0][:160]}); give a local folder "
-                         f"saved with save_pretrained, or run once online with HF_HUB_OFFLINE=0") from None
-    return model.eval()
 
 
 def fit_length(array, length):
