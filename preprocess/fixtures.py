@@ -16,6 +16,7 @@ import numpy as np
 import soundfile
 
 from preprocess.aihub import make_aihub
+from preprocess.kemdy20 import make_kemdy20
 from preprocess.meld import make_meld
 
 
@@ -210,7 +211,7 @@ def _ravdess_frames(emotion, intensity, background, duration_s, fps, height, wid
 
 # ------------------------------------------------------------------------------------------ the CLI
 
-KINDS = {"ravdess": make_ravdess, "aihub": make_aihub, "meld": make_meld}
+KINDS = {"ravdess": make_ravdess, "aihub": make_aihub, "meld": make_meld, "kemdy20": make_kemdy20}
 
 
 def main(argv=None):

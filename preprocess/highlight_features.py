@@ -7,27 +7,26 @@ the wav2vec2 mean. Everything streams (frames in batches, audio in 60-s chunks) 
 
 Probe corpora, each utterance -> (path, emotion, arousal 1-5, valence 1-5, speaker group):
 - RAVDESS (preprocess.ravdess): arousal 2 (normal) / 4 (strong intensity), valence from the emotion.
-- KEMDy20: annotation/SessNN_eval.csv (two header rows, the second is the header; columns Segment ID,
-  Emotion, Valence, Arousal; ';'-joined ties take the first emotion) and wav/SessionNN/<SegmentID>.wav;
-  the group is the session, so the split is by session (and so by speaker).
+- KEMDy20 (parsed by preprocess.kemdy20): annotation/SessNN_eval.csv (Segment ID, Emotion, Valence, Arousal;
+  ';'-joined ties take the first emotion) and wav/SessionNN/<SegmentID>.wav; the group is the session, so
+  the split is by session (and so by speaker).
 """
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import InputError, load_pretrained
+from common import load_pretrained
 from models.highlight import EmotionProbe
 from preprocess.cache import cached_array
 from preprocess.features import log_mel, mfcc
+from preprocess.kemdy20 import EMOTIONS as KEMDY20_EMOTIONS, scan_kemdy20
 from preprocess.media import iter_audio, iter_frames
 from preprocess.ravdess import EMOTIONS as RAVDESS_EMOTIONS, scan_ravdess
 
 SAMPLE_RATE = 16000
 RAVDESS_VALENCE = {"neutral": 3, "calm": 4, "happy": 5, "sad": 1, "angry": 1, "fearful": 2, "disgust": 1, "surprised": 4}
-KEMDY20_EMOTIONS = ("neutral", "happy", "surprise", "angry", "sad", "disgust", "fear")
 
 
 def window_stats(windows):
@@ -135,21 +134,8 @@ def probe_utterances(root):
 
 
 def kemdy20_utterances(root):
-    utterances = []
-    for table in sorted((root / "annotation").glob("Sess*_eval.csv")):
-        with open(table, newline="", encoding="utf-8-sig") as file:
-            rows = list(csv.reader(file))[1:]  # the first header row is a title; the second names the columns
-        header = [name.strip() for name in rows[0]]
-        try:
-            segment, emotion, valence, arousal = (header.index(name) for name in ("Segment ID", "Emotion", "Valence", "Arousal"))
-        except ValueError:
-            raise InputError(f"{table}: expected columns Segment ID, Emotion, Valence, Arousal in the second header row") from None
-        for row in rows[1:]:
-            if len(row) <= max(segment, emotion, valence, arousal) or not row[segment].strip():
-                continue
-            segment_id = row[segment].strip()
-            label = row[emotion].split(";")[0].strip().lower().replace("disqust", "disgust")
-            wav = root / "wav" / f"Session{segment_id[4:6]}" / f"{segment_id}.wav"
-            if label in KEMDY20_EMOTIONS and wav.is_file():
-                utterances.append((wav, KEMDY20_EMOTIONS.index(label), float(row[arousal]), float(row[valence]), segment_id[:6]))
-    return utterances
+    """The utterances preprocess.kemdy20 (the one KEMDy20 parser) accepts; the rows it skips are printed as a count."""
+    utterances, problems = scan_kemdy20(root)
+    if problems:
+        print(f"{root}: {len(problems)} KEMDy20 item(s) skipped, e.g. {problems[0][0]}: {problems[0][1]}")
+    return [(u.wav, u.emotion, u.arousal, u.valence, f"Sess{u.session:02d}") for u in utterances]

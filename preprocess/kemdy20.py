@@ -1,0 +1,343 @@
+"""KEMDy20 layout -> utterances and 4-Hz nodes (one per in-utterance E4 sample), and `make_kemdy20`, a tiny
+synthetic tree in the same layout.
+
+    DATA/annotation/SessNN_eval.csv        two header rows, the second names the columns: Numb, Wstart, Wend,
+                                           Segment ID, Emotion, Valence, Arousal (total evaluation), then 10
+                                           evaluators x (Emotion, Valence, Arousal); UTF-8 or cp949
+    DATA/wav/SessionNN/<SegmentID>.wav     and <SegmentID>.txt, the transcript in cp949
+    DATA/EDA/SessionNN/SessNN_scriptMM_UserXXXG.csv   Empatica E4 at 4 Hz: two header lines, then
+    DATA/TEMP/SessionNN/...                           value,YYYY-MMDD-HHMM-SS-mmm[,SegmentID]
+                                                      (the third column only inside utterances)
+
+Segment ID = SessNN_scriptMM_UserXXXG_KKK. Emotions: neutral, happy, surprise, angry, sad, disqust (sic, read
+as disgust), fear, or ';'-joined ties: the first wins, or with drop_neutral_ties the first that is not
+neutral. Irregular names are tolerated where the meaning is clear (any case, any zero-padding of the
+session folder, files found at any depth, spaces around ids); anything else is skipped and reported as
+(item, problem), which the scripts write to failures.csv. E4 time in ms = ((HH*60+MM)*60+SS)*1000+mmm (the
+date is ignored, as in the SPEC). EDA and TEMP are z-scored per subject (speaker) over all their samples.
+"""
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common import InputError
+
+EMOTIONS = ("neutral", "happy", "surprise", "angry", "sad", "disgust", "fear")
+SPELLINGS = {"disqust": "disgust"}
+SEGMENT_PATTERN = re.compile(r"^Sess(\d+)_script(\d+)_(User\d+[FM])_(\d+)$", re.IGNORECASE)
+TIME_PATTERN = re.compile(r"^\d{4}-\d{4}-(\d\d)(\d\d)-(\d\d)-(\d{1,3})$")
+COLUMNS = ("Numb", "Wstart", "Wend", "Segment ID", "Emotion", "Valence", "Arousal")  # positions 0-6
+SAMPLE_HZ = 4
+WINDOW = 11          # E4 samples per node window (2.75 s)
+WINDOW_S = WINDOW / SAMPLE_HZ
+
+
+@dataclass(frozen=True)
+class Utterance:
+    segment_id: str
+    session: int
+    script: int
+    speaker: str        # UserXXXG, the subject
+    start_s: float      # Wstart / Wend of the annotation
+    end_s: float
+    emotion: int        # index into EMOTIONS
+    valence: float
+    arousal: float
+    wav: Path
+    text: str
+
+    @property
+    def stream(self):
+        """The E4 file stem of this utterance: SessNN_scriptMM_UserXXXG (lower case, for lookups)."""
+        return f"sess{self.session:02d}_script{self.script:02d}_{self.speaker.lower()}"
+
+
+def parse_emotion(text, *, drop_neutral_ties=False):
+    """'happy;neutral' -> 'happy'; 'neutral;sad' -> 'neutral' ('sad' with drop_neutral_ties); None if unknown."""
+    names = [SPELLINGS.get(n.strip().lower(), n.strip().lower()) for n in text.split(";") if n.strip()]
+    if drop_neutral_ties and len(names) > 1:
+        names = [n for n in names if n != "neutral"] or names
+    return names[0] if names and names[0] in EMOTIONS else None
+
+
+def parse_e4_time(text):
+    """'2020-1106-1538-43-123' -> 56323123 (ms since midnight); None when malformed."""
+    match = TIME_PATTERN.match(text.strip())
+    if not match:
+        return None
+    hours, minutes, seconds, millis = (int(part) for part in match.groups())
+    return ((hours * 60 + minutes) * 60 + seconds) * 1000 + millis
+
+
+def read_text(path):
+    """A transcript (cp949, the release's encoding; UTF-8 accepted)."""
+    raw = Path(path).read_bytes()
+    for encoding in ("cp949", "utf-8-sig"):
+        try:
+            return raw.decode(encoding).strip()
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("cp949", errors="replace").strip()
+
+
+def read_table(path):
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("cp949", errors="replace")
+    return list(csv.reader(text.splitlines()))
+
+
+def index_files(folder, suffix):
+    """{lower-case stem: path} of every `suffix` file under folder, at any depth."""
+    folder = Path(folder)
+    return {path.stem.strip().lower(): path for path in sorted(folder.rglob(f"*{suffix}"))} if folder.is_dir() else {}
+
+
+def scan_kemdy20(root, *, drop_neutral_ties=False):
+    """(utterances sorted by session and segment id, [(item, problem)]) from the annotation tables and wavs."""
+    root = Path(root)
+    tables = sorted((root / "annotation").glob("*_eval.csv")) if (root / "annotation").is_dir() else []
+    if not tables:
+        raise InputError(f"{root}: no annotation/SessNN_eval.csv (not a KEMDy20 folder)")
+    wavs, texts = index_files(root / "wav", ".wav"), index_files(root / "wav", ".txt")
+    utterances, problems, seen = [], [], set()
+    for table in tables:
+        rows = read_table(table)
+        if len(rows) < 2:
+            problems.append((str(table), "fewer than two header rows"))
+            continue
+        header = [name.strip().lower() for name in rows[1]]
+        column = {name: header.index(name.lower()) if name.lower() in header else position for position, name in enumerate(COLUMNS)}
+        for line, row in enumerate(rows[2:], start=3):
+            if not any(cell.strip() for cell in row):
+                continue
+            item = f"{table.name}:{line}"
+            if len(row) <= max(column.values()):
+                problems.append((item, f"{len(row)} columns, expected at least {max(column.values()) + 1}"))
+                continue
+            segment_id = row[column["Segment ID"]].strip()
+            match = SEGMENT_PATTERN.match(segment_id)
+            if not match:
+                problems.append((item, f"segment id {segment_id!r} is not SessNN_scriptMM_UserXXXG_KKK"))
+                continue
+            emotion = parse_emotion(row[column["Emotion"]], drop_neutral_ties=drop_neutral_ties)
+            if emotion is None:
+                problems.append((segment_id, f"unknown emotion {row[column['Emotion']]!r}"))
+                continue
+            try:
+                start, end, valence, arousal = (float(row[column[name]]) for name in ("Wstart", "Wend", "Valence", "Arousal"))
+            except ValueError:
+                problems.append((segment_id, "Wstart/Wend/Valence/Arousal not numbers"))
+                continue
+            wav = wavs.get(segment_id.lower())
+            if wav is None:
+                problems.append((segment_id, "no wav file"))
+                continue
+            if segment_id.lower() in seen:
+                problems.append((segment_id, f"listed twice (again in {item}); first kept"))
+                continue
+            seen.add(segment_id.lower())
+            text = read_text(texts[segment_id.lower()]) if segment_id.lower() in texts else ""
+            session, script, speaker, _ = match.groups()
+            utterances.append(Utterance(segment_id, int(session), int(script), speaker[:4].capitalize() + speaker[4:].upper(),
+                                        start, end, EMOTIONS.index(emotion), valence, arousal, wav, text))
+    return sorted(utterances, key=lambda u: (u.session, u.segment_id.lower())), problems
+
+
+def read_e4(path):
+    """(values float64 (n,), times_ms int64 (n,), segment ids [str] ('' outside utterances), bad line count)."""
+    values, times, segments, bad = [], [], [], 0
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as file:
+        for row in list(csv.reader(file))[2:]:
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            time_ms = parse_e4_time(row[1]) if len(row) > 1 else None
+            try:
+                value = float(row[0])
+            except ValueError:
+                value = None
+            if time_ms is None or value is None:
+                bad += 1
+                continue
+            values.append(value), times.append(time_ms), segments.append(row[2].strip().lower() if len(row) > 2 else "")
+    return np.asarray(values, np.float64), np.asarray(times, np.int64), segments, bad
+
+
+def window_around(values, centres, width=WINDOW):
+    """values (n,), centres (m,) -> (m, width) windows centred on each index, edge-padded."""
+    half = width // 2
+    padded = np.pad(values, half, mode="edge")
+    return padded[centres[:, None] + np.arange(width)[None, :]]
+
+
+def build_nodes(root, utterances):
+    """One node per EDA sample whose third column names a known utterance.
+
+    Returns (nodes, problems): nodes = {"utterance" (N,) index into utterances, "time_ms" (N,) int64, "eda",
+    "temp" (N, 11) float32 windows of the per-subject z-scored signals, "offset_s" (N,) the sample's time
+    after the utterance's first E4 sample (where its audio window is centred)}. TEMP is read at the
+    nearest timestamp of the same subject's TEMP file."""
+    root = Path(root)
+    files = {signal: index_files(root / signal, ".csv") for signal in ("EDA", "TEMP")}
+    by_stream, problems = {}, []
+    for index, utterance in enumerate(utterances):
+        by_stream.setdefault(utterance.stream, {})[utterance.segment_id.lower()] = index
+    streams = {}
+    for stream, segment_index in by_stream.items():
+        missing = [signal for signal in files if stream not in files[signal]]
+        if missing:
+            problems.append((stream, f"no {'/'.join(missing)} file; its {len(segment_index)} utterances have no nodes"))
+            continue
+        loaded = {signal: read_e4(files[signal][stream]) for signal in files}
+        for signal, (values, _, _, bad) in loaded.items():
+            if bad:
+                problems.append((str(files[signal][stream]), f"{bad} malformed line(s) skipped"))
+            if not len(values):
+                problems.append((str(files[signal][stream]), "no samples"))
+        if all(len(loaded[signal][0]) for signal in files):
+            streams[stream] = loaded
+    subject_stats = {}
+    for stream, loaded in streams.items():
+        subject = stream.split("_")[-1]
+        for signal in files:
+            subject_stats.setdefault((subject, signal), []).append(loaded[signal][0])
+    subject_stats = {key: (np.concatenate(parts).mean(), np.concatenate(parts).std() + 1e-6) for key, parts in subject_stats.items()}
+    columns = {name: [] for name in ("utterance", "time_ms", "eda", "temp", "offset_s")}
+    for stream, loaded in sorted(streams.items()):
+        subject = stream.split("_")[-1]
+        (eda, eda_ms, eda_segments, _), (temp, temp_ms, _, _) = loaded["EDA"], loaded["TEMP"]
+        eda = (eda - subject_stats[subject, "EDA"][0]) / subject_stats[subject, "EDA"][1]
+        temp = (temp - subject_stats[subject, "TEMP"][0]) / subject_stats[subject, "TEMP"][1]
+        inside = np.array([i for i, segment in enumerate(eda_segments) if segment], dtype=np.int64)
+        unknown = sorted({eda_segments[i] for i in inside if eda_segments[i] not in by_stream[stream]})
+        if unknown:
+            problems.append((str(files["EDA"][stream]), f"{len(unknown)} segment id(s) not in the annotation, e.g. {unknown[0]}"))
+        inside = np.array([i for i in inside if eda_segments[i] in by_stream[stream]], dtype=np.int64)
+        if not len(inside):
+            continue
+        utterance_ids = np.array([by_stream[stream][eda_segments[i]] for i in inside])
+        first_ms = {u: eda_ms[inside[utterance_ids == u]].min() for u in np.unique(utterance_ids)}
+        temp_order = np.argsort(temp_ms, kind="stable")
+        nearest = temp_order[np.clip(np.searchsorted(temp_ms[temp_order], eda_ms[inside]), 0, len(temp_ms) - 1)]
+        columns["utterance"].append(utterance_ids)
+        columns["time_ms"].append(eda_ms[inside])
+        columns["eda"].append(window_around(eda, inside))
+        columns["temp"].append(window_around(temp, nearest))
+        columns["offset_s"].append(np.array([(eda_ms[i] - first_ms[u]) / 1000 for i, u in zip(inside, utterance_ids)]))
+    without = sorted(set(range(len(utterances))) - set(np.concatenate(columns["utterance"]).tolist() if columns["utterance"] else []))
+    for index in without:
+        if utterances[index].stream in streams:
+            problems.append((utterances[index].segment_id, "no E4 sample inside this utterance; no nodes"))
+    if not columns["utterance"]:
+        raise InputError(f"{root}: no E4 samples inside any annotated utterance (EDA/TEMP folders)")
+    dtypes = {"utterance": np.int64, "time_ms": np.int64, "eda": np.float32, "temp": np.float32, "offset_s": np.float32}
+    return {name: np.concatenate(parts).astype(dtypes[name]) for name, parts in columns.items()}, problems
+
+
+def utterance_table(utterances):
+    """Rows for utterances.csv: the per-utterance emotion/arousal/valence table (what the highlight probes read)."""
+    yield ("segment_id", "session", "speaker", "emotion", "valence", "arousal", "start_s", "end_s", "wav", "text")
+    for u in utterances:
+        yield (u.segment_id, u.session, u.speaker, EMOTIONS[u.emotion], u.valence, u.arousal, u.start_s, u.end_s, str(u.wav), u.text)
+
+
+# ---------------------------------------------------------------- fixture
+
+TONE_HZ = {emotion: 220.0 * 1.19 ** k for k, emotion in enumerate(EMOTIONS)}
+EDA_STEP = {emotion: 0.6 * k for k, emotion in enumerate(EMOTIONS)}  # in-utterance EDA rise, in subject std units
+VALENCE_AROUSAL = {"neutral": (3.0, 3.0), "happy": (4.5, 3.8), "surprise": (3.6, 4.2), "angry": (1.5, 4.5),
+                   "sad": (1.6, 2.0), "disgust": (1.8, 3.4), "fear": (1.7, 4.0)}
+
+
+def e4_stamp(time_ms):
+    seconds, millis = divmod(int(time_ms), 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"2020-1106-{hours:02d}{minutes:02d}-{seconds:02d}-{millis:03d}"
+
+
+def make_kemdy20(out_dir, *, seed=0, sessions=(1, 2, 3, 4, 5), scripts=(1, 2), utterance_s=2.0, gap_s=0.75,
+                 sample_rate=16000):
+    """Synthetic KEMDy20: per session two speakers (User{2s-1}F, User{2s}M) taking turns through each script,
+    each speaker saying every emotion once plus a second neutral (16 utterances per script pair, 2 s each).
+    Both wristbands share one 4-Hz clock; one M turn per script starts 0.5 s before the F turn ends, so
+    the two speakers have in-utterance samples at the same instants. Returns the sorted files written.
+
+    Planted signal: the wav is a tone at TONE_HZ[emotion] (220 Hz x 1.19^k) times a speaker factor, with a
+    syllable envelope and noise; EDA rises by EDA_STEP[emotion] x the subject's scale inside the utterance
+    over a subject-specific baseline with drift; TEMP is baseline + drift only. Some labels are ties
+    ('happy;neutral'), 'disgust' is spelled 'disqust', transcripts are cp949 Korean."""
+    from preprocess.fixtures import tone, write_wav
+    out_dir = Path(out_dir)
+    written = []
+    for session in sessions:
+        rng = np.random.default_rng([seed, session])
+        speakers = (f"User{2 * session - 1:03d}F", f"User{2 * session:03d}M")
+        rows, script_start_ms = [], (14 * 3600 + session * 600) * 1000
+        per_script = {}
+        for speaker in speakers:  # the 8 utterances of each speaker, shuffled and dealt over the scripts
+            order = rng.permutation(list(EMOTIONS) + ["neutral"])
+            per_script[speaker] = [list(order[k::len(scripts)]) for k in range(len(scripts))]
+        subject = {speaker: (rng.uniform(1, 6), rng.uniform(0.3, 1.0), rng.uniform(32, 35), rng.uniform(0.9, 1.1)) for speaker in speakers}
+        for script_number, script in enumerate(scripts):
+            turns = [(speakers[t % 2], per_script[speakers[t % 2]][script_number][t // 2])
+                     for t in range(2 * len(per_script[speakers[0]][script_number]))]
+            start_ms, spans = script_start_ms, []
+            for turn, (speaker, emotion) in enumerate(turns):
+                begin = start_ms + (-500 if turn == 3 else round(gap_s * 1000))
+                spans.append((speaker, emotion, begin, begin + round(utterance_s * 1000)))
+                start_ms = spans[-1][3]
+            end_ms = start_ms + 3000
+            clock = np.arange(script_start_ms - 3000, end_ms, 1000 // SAMPLE_HZ)
+            for speaker in speakers:
+                baseline, scale, temperature, pitch = subject[speaker]
+                eda = baseline + scale * 0.3 * np.sin(np.arange(len(clock)) / 40 + rng.uniform(0, 6)) + rng.normal(0, 0.05 * scale, len(clock))
+                temp = temperature + 0.2 * np.sin(np.arange(len(clock)) / 60) + rng.normal(0, 0.02, len(clock))
+                segments = [""] * len(clock)
+                counter = 0  # KKK: the speaker's running utterance number in this script
+                for turn, (who, emotion, begin, end) in enumerate(spans):
+                    if who != speaker:
+                        continue
+                    counter += 1
+                    segment_id = f"Sess{session:02d}_script{script:02d}_{speaker}_{counter:03d}"
+                    inside = (clock >= begin) & (clock < end)
+                    eda[inside] += EDA_STEP[emotion] * scale
+                    for i in np.flatnonzero(inside):
+                        segments[i] = segment_id
+                    wave = tone(TONE_HZ[emotion] * pitch, utterance_s, sample_rate, amplitude=0.25)
+                    times = np.arange(len(wave)) / sample_rate
+                    wave = wave * (0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(3, 6) * times)) + rng.normal(0, 0.03, len(wave))
+                    folder = out_dir / "wav" / f"Session{session:02d}"
+                    written.append(write_wav(folder / f"{segment_id}.wav", np.clip(wave, -1, 1), sample_rate))
+                    (folder / f"{segment_id}.txt").write_bytes(f"{emotion} 감정의 {counter}번째 문장입니다.\n".encode("cp949"))
+                    written.append(folder / f"{segment_id}.txt")
+                    label = {"disgust": "disqust", "happy": "happy;neutral", "sad": "sad;neutral" if turn % 2 else "sad",
+                             "neutral": "neutral;surprise" if turn < 2 else "neutral"}.get(emotion, emotion)
+                    valence, arousal = (v + rng.uniform(-0.3, 0.3) for v in VALENCE_AROUSAL[emotion])
+                    rows.append((begin, [(begin - script_start_ms) / 1000, (end - script_start_ms) / 1000, segment_id, label,
+                                         round(valence, 1), round(arousal, 1)]))
+                for signal, values in (("EDA", eda), ("TEMP", temp)):
+                    path = out_dir / signal / f"Session{session:02d}" / f"Sess{session:02d}_script{script:02d}_{speaker}.csv"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    lines = [f"{signal},,", f"{float(SAMPLE_HZ):.1f},,"]
+                    lines += [f"{value:.4f},{e4_stamp(time)}" + (f",{segment}" if segment else "") for value, time, segment in zip(values, clock, segments)]
+                    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+                    written.append(path)
+            script_start_ms = end_ms + 60_000
+        header = ["Numb", "Wstart", "Wend", "Segment ID", "Emotion", "Valence", "Arousal"]
+        title = ["", "", "", "", "Total Evaluation", "", ""]
+        for evaluator in range(1, 11):
+            header += ["Emotion", "Valence", "Arousal"]
+            title += [f"Eval{evaluator:02d}{'FM'[evaluator % 2]}", "", ""]
+        body = [[number, *row, *(row[3:] * 10)] for number, (_, row) in enumerate(sorted(rows, key=lambda r: r[0]), start=1)]
+        path = out_dir / "annotation" / f"Sess{session:02d}_eval.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as file:
+            csv.writer(file).writerows([title, header, *body])
+        written.append(path)
+    return sorted(written)
