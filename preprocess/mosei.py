@@ -1,0 +1,169 @@
+"""CMU-MOSEI for FV2ES: raw release -> the processed layout train_fv2es.py reads, and `make_mosei`, a fixture.
+
+    python -m preprocess.mosei RAW_DIR OUT_DIR [--img-interval 500]
+
+Raw, under RAW_DIR (any depth):
+    <video_id>.mp4                                   the full videos (Raw/Videos/Full/Combined/)
+    Transcript/.../<video_id>.txt                    segmented transcripts, lines `video_id___clip___start___end___text`
+    Labels/*.csv                                     the annotators' rows (MTurk batch results): Input.VIDEO_ID,
+                                                     Input.CLIP, Answer.anger, Answer.disgust, Answer.fear,
+                                                     Answer.happiness, Answer.sadness, Answer.surprise
+An emotion is present in a clip when its annotators' scores sum to more than 0 (6 presence labels, multi-label).
+Processed, under OUT_DIR (reader: preprocess.iemocap.read_processed):
+    MOSEI_RAW_PROCESSED/meta.json    clip_id -> {text, label[6], start_time, end_time, video} (the released set: meta.pkl)
+    MOSEI_RAW_PROCESSED/<video>_<clip>/audio.wav, image_{i}.jpg (224x224), faces.npy (ours: uint8 (N, 48, 48, 3))
+    MOSEI_SPLIT/{train,valid,test}_split.txt     clip ids, grouped by video (80/10/10)
+    MOSEI_HCF_FEATURES/<clip_id>.npz             t, a, v hand-crafted feature sequences
+    failures.csv
+Frames are sampled by timestamp every --img-interval ms (default 500 = 2 fps), one pass per video.
+"""
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from common import InputError, atomic_write, progress, write_json
+from preprocess.iemocap import (CUE_WORDS, FILLER, LAYOUT, MOSEI_EMOTIONS, frames_for_segments, load_channels, make_cropper,
+                                planted_picture, planted_segment, square_jpeg, write_failures, write_hcf, write_split, write_wave)
+
+ANSWER_COLUMNS = ("Answer.anger", "Answer.disgust", "Answer.fear", "Answer.happiness", "Answer.sadness", "Answer.surprise")
+
+
+def read_labels(raw_dir):
+    """{(video_id, clip): float (6,) summed annotator scores} from every Labels CSV under raw_dir."""
+    sums = {}
+    for path in sorted(Path(raw_dir).rglob("*.csv")):
+        with open(path, encoding="utf-8-sig", newline="") as file:
+            reader = csv.DictReader(file)
+            missing = [c for c in ("Input.VIDEO_ID", "Input.CLIP", *ANSWER_COLUMNS) if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(f"{path}: label CSV without column(s) {', '.join(missing)}")
+            for row in reader:
+                key = (row["Input.VIDEO_ID"].strip(), str(int(float(row["Input.CLIP"]))))
+                scores = np.array([float(row[c] or 0) for c in ANSWER_COLUMNS], np.float32)
+                sums[key] = sums.get(key, 0) + scores
+    if not sums:
+        raise InputError(f"{raw_dir}: no label CSV (Labels/*.csv with Input.VIDEO_ID, Input.CLIP, Answer.* columns)")
+    return sums
+
+
+def read_transcripts(raw_dir):
+    """{video_id: {clip: (start, end, text)}} from the segmented transcript files."""
+    transcripts = {}
+    for path in sorted(Path(raw_dir).rglob("*.txt")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.strip().split("___", 4)
+            if len(parts) == 5:
+                video, clip, start, end, text = parts
+                transcripts.setdefault(video, {})[str(int(float(clip)))] = (float(start), float(end), text.strip())
+    return transcripts
+
+
+def preprocess(raw_dir, out_dir, *, img_interval=500, image_size=224, seed=0, cropper=None):
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    labels, transcripts = read_labels(raw_dir), read_transcripts(raw_dir)
+    videos = {path.stem: path for path in raw_dir.rglob("*.mp4")}
+    processed, hcf_dir = out_dir / LAYOUT["mosei"][0], out_dir / LAYOUT["mosei"][2]
+    cropper = cropper or make_cropper()
+    meta, by_video, failures = {}, {}, []
+    for video_id in progress(sorted({video for video, _ in labels}), desc="MOSEI videos"):
+        clips = {clip: span for clip, span in transcripts.get(video_id, {}).items() if (video_id, clip) in labels}
+        failures += [(f"{video_id}_{clip}", "no transcript line") for v, clip in labels if v == video_id and clip not in clips]
+        if video_id not in videos:
+            failures += [(f"{video_id}_{clip}", f"{raw_dir}: no {video_id}.mp4") for clip in clips]
+            continue
+        try:
+            mono, _ = load_channels(videos[video_id])
+            frames = {clip: [] for clip in clips}
+            for clip, _, rgb in frames_for_segments(videos[video_id], {c: s[:2] for c, s in clips.items()}, interval_ms=img_interval):
+                frames[clip].append(rgb)
+        except InputError as error:
+            failures += [(f"{video_id}_{clip}", str(error)) for clip in clips]
+            continue
+        for clip, (start, end, text) in sorted(clips.items()):
+            clip_id, folder = f"{video_id}_{clip}", processed / f"{video_id}_{clip}"
+            if not frames[clip]:
+                failures.append((clip_id, f"{videos[video_id]}: no frame at or after {start:.2f} s"))
+                continue
+            span = slice(int(start * 16000), max(int(start * 16000) + 1, int(end * 16000)))
+            write_wave(folder / "audio.wav", mono[span])
+            for index, rgb in enumerate(frames[clip]):
+                square_jpeg(folder / f"image_{index}.jpg", rgb, image_size)
+            faces, _ = cropper.crop_batch(frames[clip])
+            atomic_write(folder / "faces.npy", lambda f, faces=faces: np.save(f, faces, allow_pickle=False))
+            write_hcf(hcf_dir / f"{clip_id}.npz", text, mono[span], faces)
+            meta[clip_id] = {"text": text, "label": (labels[(video_id, clip)] > 0).astype(int).tolist(), "start_time": start,
+                             "end_time": end, "video": video_id}
+            by_video.setdefault(video_id, []).append(clip_id)
+    write_json(processed / "meta.json", meta)
+    write_split(out_dir / LAYOUT["mosei"][1], by_video, seed=seed)
+    write_failures(out_dir, failures)
+    return len(meta), failures
+
+
+def make_mosei(out_dir, *, seed=0, videos=8, clips_per_video=3, clip_s=1.2, gap_s=0.4, fps=10, height=64, width=64, img_interval=500):
+    """out_dir/raw (videos, transcripts, two annotators' label CSV) and out_dir/processed = preprocess(raw).
+    Clip k of video v carries emotion (v + k) % 6 (cue word, tone, hue square), sometimes a second one; the
+    other annotator gives 0. Defect: one label row has no transcript line. Returns the sorted files written."""
+    from preprocess.fixtures import solid_frame, write_video
+    out_dir, written, label_rows = Path(out_dir), [], []
+    raw = out_dir / "raw"
+    for video in range(videos):
+        rng = np.random.default_rng([seed, video])
+        video_id = f"vid{video:03d}{'abc'[video % 3]}"
+        lines, spans = [], []
+        for clip in range(clips_per_video):
+            start = 0.4 + clip * (clip_s + gap_s)
+            emotion = (video + clip) % 6
+            present = {emotion} | ({(emotion + 3) % 6} if rng.random() < 0.3 else set())
+            words = list(rng.choice(FILLER, size=3))
+            words.insert(int(rng.integers(0, 4)), CUE_WORDS["sad_m" if MOSEI_EMOTIONS[emotion] == "sad" else MOSEI_EMOTIONS[emotion]])
+            lines.append(f"{video_id}___{clip}___{start:.3f}___{start + clip_s:.3f}___{' '.join(words)}")
+            spans.append((start, start + clip_s, emotion))
+            for annotator in range(2):
+                scores = [int(annotator == 0 and e in present) * int(rng.integers(1, 4)) for e in range(6)]
+                label_rows.append([video_id, clip, *scores])
+        label_rows.append([video_id, clips_per_video, 1, 0, 0, 0, 0, 0])  # labelled clip without transcript
+        duration = 0.4 + clips_per_video * (clip_s + gap_s)
+        wave = rng.normal(0, 0.01, round(duration * 16000)).astype(np.float32)
+        frames = []
+        for start, end, emotion in spans:
+            segment = planted_segment(emotion, end - start, rng)
+            wave[round(start * 16000):round(start * 16000) + len(segment)] += segment
+        for frame_index in range(round(duration * fps)):
+            time = frame_index / fps
+            active = [e for s, end, e in spans if s <= time < end]
+            frames.append(planted_picture(active[0], height, width, rng) if active else solid_frame(height, width, (60, 60, 60), noise=8, rng=rng))
+        written.append(write_video(raw / "Videos" / f"{video_id}.mp4", frames, fps=fps, audio=wave, crf=26, audio_bit_rate=64000))
+        transcript = raw / "Transcript" / f"{video_id}.txt"
+        transcript.parent.mkdir(parents=True, exist_ok=True)
+        transcript.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        written.append(transcript)
+    label_csv = raw / "Labels" / "batch_results.csv"
+    label_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(label_csv, "w", newline="", encoding="utf-8") as file:
+        csv.writer(file).writerows([["Input.VIDEO_ID", "Input.CLIP", *ANSWER_COLUMNS], *label_rows])
+    written.append(label_csv)
+    preprocess(raw, out_dir / "processed", img_interval=img_interval, seed=seed, cropper=make_cropper(None))  # no faces: centre crops
+    written += [p for p in (out_dir / "processed").rglob("*") if p.is_file()]
+    return sorted(written)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m preprocess.mosei", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("raw_dir", type=Path, help="the raw release: videos, segmented transcripts, label CSVs")
+    parser.add_argument("out_dir", type=Path, help="where the processed layout goes (train_fv2es.py --datapath)")
+    parser.add_argument("--img-interval", type=int, default=500, help="ms between sampled frames (default %(default)s)")
+    parser.add_argument("--image-size", type=int, default=224, help="side of the saved square images (default %(default)s)")
+    parser.add_argument("--mtcnn", default="weights/mtcnn", help="folder with MTCNN pnet/rnet/onet.pt; centre crops without them (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the video-grouped split (default %(default)s)")
+    args = parser.parse_args(argv)
+    kept, failures = preprocess(args.raw_dir, args.out_dir, img_interval=args.img_interval, image_size=args.image_size,
+                                seed=args.seed, cropper=make_cropper(args.mtcnn))
+    print(f"CMU-MOSEI: {kept} clips written under {args.out_dir}; {len(failures)} skipped (failures.csv)")
+
+
+if __name__ == "__main__":
+    from common import run_main
+    run_main(main)

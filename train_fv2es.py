@@ -1,0 +1,638 @@
+"""FV2ES (seed 004, built on MME2E): end-to-end text + audio + face emotion recognition on IEMOCAP / CMU-MOSEI.
+
+Processed data (SPEC 5) from the raw releases, or a tiny synthetic tree (raw + processed):
+    python -m preprocess.iemocap IEMOCAP_full_release data/iemocap      # -> data/iemocap/IEMOCAP_RAW_PROCESSED ...
+    python -m preprocess.mosei CMU-MOSEI/Raw data/mosei
+    python -m preprocess.fixtures iemocap data/demo/iemocap              # raw/ and processed/
+Train (the published recipe, GPU), leave-one-session-out, text only offline, a hand-crafted baseline:
+    python train_fv2es.py -lr 4.5e-6 -mod tav --datapath data/iemocap --text-model weights/all-MiniLM-L6-v2
+    python train_fv2es.py -lr=4.5e-6 -mod tav --datapath data/iemocap --protocol loso --test-session 5 --text-model DIR
+    python train_fv2es.py -lr 1e-4 -mod t --datapath data/mosei --dataset mosei --text-model weights/all-MiniLM-L6-v2
+    python train_fv2es.py -lr 1e-3 -mo lf_rnn --hand-crafted -mod tav --datapath data/iemocap -bi
+Several processes or GPUs (DDP; --batch-size is split over the processes), resume after a crash:
+    torchrun --nproc_per_node=2 train_fv2es.py -lr 4.5e-6 -mod tav --datapath data/iemocap --text-model DIR --out runs/fv2es/ddp
+    python train_fv2es.py -lr 4.5e-6 -mod tav --datapath data/iemocap --text-model DIR --out runs/fv2es/ddp --resume
+Evaluate a checkpoint (no other flag needed), predict on any video:
+    python train_fv2es.py --test --ckpt runs/fv2es/001/model.pt
+    python train_fv2es.py --predict talk.mp4 [--transcript talk.txt] --ckpt runs/fv2es/001/model.pt --out runs/fv2es/talk
+
+Model mme2e: faces (48x48 crops cached by the preprocessors; MTCNN when weights/mtcnn holds P/R/O-Net, else a
+centre crop) -> RepVGG CNN; 128-bin log-mel in 0.4-s chunks (4x32x32) -> nested transformer; per modality a
+transformer with CLS token and key-padding mask -> Linear -> 6 logits; text: a transformers encoder (first
+token -> Linear), trained at lr / --text-lr-factor; learned weighted late fusion Linear(M -> 1, no bias).
+Loss bce with pos_weight = neg/pos on train. Per class the sigmoid threshold in {0.05, ..., 0.95} with the best F1
+on VALID is chosen and applied to test. Outputs in --out (default runs/fv2es/NNN): args.json, split.json,
+model.pt (best mean valid F1; carries args and thresholds), last.pt (--resume), metrics.json {"valid", "test",
+"thresholds"}.
+Deviations from the original: --ckpt/--valid/--test work; the visual head is optimised; RepVGG is fused on a
+copy for inference only; -lr is required only for training; -bs defaults to 2 (was required); --fusion
+late (the original default 'early' was ignored by mme2e); audio NesT preset 'cpu' (the paper's is
+--audio-size paper); splits grouped (--protocol loso). Other defaults are the README training command's (-ep 30
+-bs 2 -es 6 --trans-dim 64 --trans-nlayers 4 --trans-nheads 4 --num-emotions 6 --text-max-len 100); the original
+cli.py defaults differ (-ep and -bs required, -es 5, --trans-dim 512, --trans-nlayers 2, --trans-nheads 8,
+--num-emotions 4, --text-max-len 300).
+"""
+import argparse
+import functools
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn import metrics as skm
+
+from common import (InputError, best_f1_threshold, classification_report, cleanup_distributed, format_table, load_checkpoint,
+                    make_run_dir, progress, resolve_device, run_main, save_checkpoint, seed_everything, setup_distributed, write_json)
+from models.fv2es import MME2E, HandCrafted, normalise_faces
+from models.repvgg import fuse_repvgg
+from preprocess.cache import cached_array
+from preprocess.features import log_mel
+from preprocess.iemocap import EMOTIONS, HCF_SIZES, LAYOUT, MOSEI_EMOTIONS, loso_splits, make_cropper, read_processed
+
+CLASS_NAMES = {"iemocap": list(EMOTIONS), "mosei": list(MOSEI_EMOTIONS)}
+MODULES_OF = {m: (f"heads.{m}.", f"encoders.{m}.", f"projections.{m}.") for m in "tav"}
+MODULES_OF["t"] += ("text.",)
+MODULES_OF["a"] += ("audio.", "audio_temporal.")
+MODULES_OF["v"] += ("visual.", "visual_temporal.")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("Data")
+    data.add_argument("--datapath", help="folder holding <DATASET>_RAW_PROCESSED, <DATASET>_SPLIT (and <DATASET>_HCF_FEATURES)")
+    data.add_argument("--dataset", default="iemocap", choices=["iemocap", "mosei"], help="(default %(default)s)")
+    data.add_argument("-mod", "--modalities", default="tav", help="any subset of t(ext), a(udio), v(isual); t needs no frames or audio on disk (default %(default)s)")
+    data.add_argument("--protocol", default="split", choices=["split", "loso"], help="ours: the split files, or IEMOCAP leave-one-session-out (valid = 10%% of the other dialogues) (default %(default)s)")
+    data.add_argument("--test-session", type=int, default=5, help="ours: the held-out session of --protocol loso (default %(default)s)")
+    data.add_argument("--img-interval", type=int, default=500, help="ms between frames: the preprocessors' setting (documented here) and --predict's sampling (default %(default)s)")
+    data.add_argument("--text-max-len", type=int, default=100, help="tokens per utterance (default %(default)s)")
+    data.add_argument("--hand-crafted", action="store_true", help="read the <DATASET>_HCF_FEATURES npz files (implied by -mo lf_rnn/lf_transformer)")
+    data.add_argument("-hfcs", "--hfc-sizes", type=int, nargs=3, default=list(HCF_SIZES), metavar=("T", "A", "V"), help="hand-crafted feature widths, checked against the files (default %(default)s)")
+    data.add_argument("-aft", "--audio-feature-type", type=int, default=0, choices=[0], help="0 = 128-bin log-mel in 4x32x32 chunks (the only type built) (default %(default)s)")
+    data.add_argument("--cache", default="cache/fv2es", help="ours: cached mel chunks and (when a dataset has no faces_*.npy) face crops (default %(default)s)")
+    data.add_argument("--mtcnn", default="weights/mtcnn", help="ours: MTCNN weights for faces not cached by the preprocessors and for --predict; centre crop without them (default %(default)s)")
+    model = parser.add_argument_group("Model")
+    model.add_argument("-mo", "--model", default="mme2e", choices=["mme2e", "lf_rnn", "lf_transformer"], help="(default %(default)s)")
+    model.add_argument("--text-model-size", default="base", choices=["base", "large", "xlarge"], help="albert-<size>-v2 from the hub when no --text-model (default %(default)s)")
+    model.add_argument("--text-model", help="ours: a transformers encoder name or local folder (e.g. weights/all-MiniLM-L6-v2) instead of ALBERT")
+    model.add_argument("--fusion", default="late", choices=["late", "early"], help="late: learned weighted sum of per-modality logits; early: concatenated modality vectors -> Linear (default %(default)s; the original's 'early' was ignored by mme2e)")
+    model.add_argument("--trans-dim", type=int, default=64, help="width of the temporal transformers (default %(default)s)")
+    model.add_argument("--trans-nlayers", type=int, default=4, help="(default %(default)s)")
+    model.add_argument("--trans-nheads", type=int, default=4, help="(default %(default)s)")
+    model.add_argument("--audio-size", default="cpu", choices=["tiny", "cpu", "paper"], help="ours: nested-transformer preset: paper = patch 1, 8x8 blocks, dims 128/256/512, depths 2/2/20 (NesT-B); cpu = patch 2, 64/128/256, 1/1/2 (default %(default)s, deviates)")
+    model.add_argument("--num-emotions", type=int, default=6, help="classes; must be 6 for both datasets (default %(default)s)")
+    model.add_argument("--feature-dim", type=int, default=256, help="accepted for compatibility; unused by these models, as in the original's mme2e (default %(default)s)")
+    model.add_argument("-st", "--sparse-threshold", type=float, default=0.9, help="accepted for compatibility; used only by the original's sparse model, not built here (default %(default)s)")
+    model.add_argument("-dr", "--dropout", type=float, default=0.1, help="(default %(default)s)")
+    model.add_argument("-nl", "--num-layers", type=int, default=1, help="lf_rnn layers; lf_transformer uses --trans-nlayers (default %(default)s)")
+    model.add_argument("-hs", "--hidden-size", type=int, default=300, help="lf_rnn hidden units (default %(default)s)")
+    model.add_argument("-bi", "--bidirectional", action="store_true", help="lf_rnn: bidirectional")
+    model.add_argument("--gru", action="store_true", help="lf_rnn: GRU instead of LSTM")
+    train = parser.add_argument_group("Training")
+    train.add_argument("-lr", "--learning-rate", type=float, help="required for training (the published run: 4.5e-6)")
+    train.add_argument("-bs", "--batch-size", type=int, default=2, help="(default %(default)s; the original required it)")
+    train.add_argument("-wd", "--weight-decay", type=float, default=0.0, help="(default %(default)s)")
+    train.add_argument("-ep", "--epochs", type=int, default=30, help="(default %(default)s)")
+    train.add_argument("-es", "--early-stop", type=int, default=6, help="stop after this many epochs without a better valid mean F1 (default %(default)s)")
+    train.add_argument("-cl", "--clip", type=float, default=-1, help="gradient-norm clipping; <= 0 = off (default %(default)s)")
+    train.add_argument("-sc", "--scheduler", action="store_true", help="ReduceLROnPlateau (x0.5 after 2 epochs without a better valid mean F1)")
+    train.add_argument("--loss", default="bce", choices=["bce", "ce", "l1", "mse"], help="bce with pos_weight = neg/pos on train; ce on the label distribution; l1/mse on sigmoid (default %(default)s)")
+    train.add_argument("--optim", default="adam", choices=["adam", "sgd"], help="(default %(default)s; sgd with momentum 0.9)")
+    train.add_argument("--text-lr-factor", type=float, default=10, help="the text encoder trains at lr / this (default %(default)s)")
+    run = parser.add_argument_group("Run")
+    run.add_argument("--out", help="run folder (default: a new runs/fv2es/NNN); for --predict the output folder; for --valid/--test where evaluation.json goes (default: beside --ckpt)")
+    run.add_argument("--resume", action="store_true", help="continue from last.pt in --out (same flags as the interrupted run)")
+    run.add_argument("--ckpt", help="model.pt: evaluated with --valid/--test, a start point for training otherwise, the model of --predict")
+    run.add_argument("--ckpt-mod", help="train from --ckpt loading only these modalities' weights, e.g. t (default: all it shares)")
+    run.add_argument("--valid", action="store_true", help="evaluate --ckpt on valid (thresholds chosen there)")
+    run.add_argument("--test", action="store_true", help="evaluate --ckpt on test with thresholds chosen on valid")
+    run.add_argument("--predict", metavar="VIDEO", help="per-segment emotion probabilities of any video with --ckpt -> predictions.json, report.html")
+    run.add_argument("--transcript", help="--predict: `start end text` lines (seconds) giving segments and their text")
+    run.add_argument("--window", type=float, default=4.0, help="--predict without --transcript: fixed segment length in s (default %(default)s)")
+    run.add_argument("--no-fuse", action="store_true", help="--predict with the multi-branch RepVGG (to compare latency)")
+    logistics = parser.add_argument_group("Logistics")
+    logistics.add_argument("-se", "--seed", type=int, default=0, help="(default %(default)s)")
+    logistics.add_argument("-cu", "--cuda", default="0", help="GPU index when --device resolves to CUDA (default %(default)s)")
+    logistics.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
+    logistics.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default %(default)s)")
+    logistics.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
+    return parser
+
+
+# ---------------------------------------------------------------- data
+
+def mel_chunks(wave):
+    """16 kHz wave -> float32 (K, 4, 32, 32): 128-bin log-mel (win 400, hop 200), z-scored per utterance, cut
+    into K chunks of 32 frames (0.4 s; the last zero-padded), the 128 bins folded into 4 x 32."""
+    mel = log_mel(wave, n_mels=128, n_fft=1024, win_length=400, hop_length=200)  # (128, frames)
+    mel = (mel - mel.mean()) / (mel.std() + 1e-5)
+    chunks = -(-mel.shape[1] // 32)
+    mel = F.pad(mel, (0, chunks * 32 - mel.shape[1]))
+    return mel.view(4, 32, chunks, 32).permute(2, 0, 1, 3).numpy().astype(np.float32)  # (128, K*32) -> (K, 4, 32, 32)
+
+
+class Utterances(torch.utils.data.Dataset):
+    """Item i of `ids` -> {"id", "text", "label" (6,), and per modality: "faces" uint8 (T, 48, 48, 3), "mel" (K, 4, 32, 32),
+    "hcf" {m: (T, F)}}; only what the model needs is read."""
+
+    def __init__(self, items, ids, args):
+        self.items, self.ids, self.args, self.cropper = items, list(ids), args, None
+        self.hcf_dir = Path(args.datapath) / LAYOUT[args.dataset][2]
+
+    def __len__(self):
+        return len(self.ids)
+
+    def faces(self, item):
+        suffix = f"_{item.side}" if item.side else ""
+        cached = item.folder / f"faces{suffix}.npy"
+        if cached.is_file():
+            return np.load(cached, allow_pickle=False)
+        images = sorted(item.folder.glob(f"image{suffix}_*.jpg"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+        if not images:
+            raise InputError(f"{item.folder}: no faces{suffix}.npy or image{suffix}_*.jpg")
+
+        def crop():
+            from PIL import Image
+            self.cropper = self.cropper or make_cropper(self.args.mtcnn)
+            return self.cropper.crop_batch([np.asarray(Image.open(p).convert("RGB")) for p in images])[0]
+        return cached_array(self.args.cache, images[0], {"faces": len(images), "mtcnn": str(self.args.mtcnn)}, crop)
+
+    def __getitem__(self, index):
+        item = self.items[self.ids[index]]
+        sample = {"id": item.id, "text": item.text, "label": item.label}
+        if self.args.model != "mme2e":
+            path = self.hcf_dir / f"{item.id}.npz"
+            if not path.is_file():
+                raise InputError(f"{path}: hand-crafted features not found (python -m preprocess.{self.args.dataset} writes them)")
+            with np.load(path, allow_pickle=False) as saved:
+                sample["hcf"] = {m: saved[m] for m in self.args.modalities}
+            for m, size in zip("tav", self.args.hfc_sizes):
+                if m in sample["hcf"] and sample["hcf"][m].shape[1] != size:
+                    raise InputError(f"{path}: {m} features are {sample['hcf'][m].shape[1]}-d but --hfc-sizes says {size}")
+            return sample
+        if "v" in self.args.modalities:
+            sample["faces"] = self.faces(item)
+        if "a" in self.args.modalities:
+            wav = item.folder / "audio.wav"
+            from preprocess.media import load_audio
+            sample["mel"] = cached_array(self.args.cache, wav, {"mel": "n_mels128-n_fft1024-win400-hop200-z"}, lambda: mel_chunks(load_audio(wav)))
+        return sample
+
+
+def collate(samples, *, tokenizer, text_max_len):
+    """Samples -> (batch for the model, labels (B, 6), ids). Faces and mel chunks of all items are concatenated
+    with per-item counts (the model encodes them in one pass and pads them back per item)."""
+    batch = {}
+    if tokenizer is not None:
+        encoded = tokenizer([s["text"] for s in samples], padding=True, truncation=True, max_length=text_max_len, return_tensors="pt")
+        batch["text"] = (encoded["input_ids"], encoded["attention_mask"])
+    if "faces" in samples[0]:
+        batch["faces"] = torch.from_numpy(np.concatenate([s["faces"] for s in samples]))  # uint8 (N_v, 48, 48, 3)
+        batch["face_counts"] = torch.tensor([len(s["faces"]) for s in samples])
+    if "mel" in samples[0]:
+        batch["mel_chunks"] = torch.from_numpy(np.concatenate([s["mel"] for s in samples]))
+        batch["chunk_counts"] = torch.tensor([len(s["mel"]) for s in samples])
+    if "hcf" in samples[0]:
+        batch["hcf"], batch["hcf_lengths"] = {}, {}
+        for m in samples[0]["hcf"]:
+            sequences = [torch.from_numpy(s["hcf"][m]) for s in samples]
+            batch["hcf"][m] = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True)  # (B, T_max, F)
+            batch["hcf_lengths"][m] = torch.tensor([len(x) for x in sequences])
+    labels = torch.from_numpy(np.stack([s["label"] for s in samples]))
+    return batch, labels, [s["id"] for s in samples]
+
+
+def to_device(batch, device):
+    moved = {}
+    for key, value in batch.items():
+        if isinstance(value, dict):
+            moved[key] = to_device(value, device)
+        elif isinstance(value, tuple):
+            moved[key] = tuple(v.to(device) for v in value)
+        else:
+            moved[key] = value.to(device)
+    if "faces" in moved:
+        moved["faces"] = normalise_faces(moved["faces"])
+    return moved
+
+
+# ---------------------------------------------------------------- model, loss, evaluation
+
+def text_model_name(args):
+    return args.text_model or f"albert-{args.text_model_size}-v2"
+
+
+def build_model(args):
+    if args.model == "mme2e":
+        return MME2E(modalities=args.modalities, num_classes=args.num_emotions, trans_dim=args.trans_dim, trans_nlayers=args.trans_nlayers,
+                     trans_nheads=args.trans_nheads, audio_size=args.audio_size, dropout=args.dropout, fusion=args.fusion,
+                     text_model=text_model_name(args) if "t" in args.modalities else None)
+    return HandCrafted(kind=args.model, modalities=args.modalities, input_dims=dict(zip("tav", args.hfc_sizes)), num_classes=args.num_emotions,
+                       hidden=args.hidden_size, num_layers=args.num_layers, bidirectional=args.bidirectional, gru=args.gru,
+                       trans_dim=args.trans_dim, trans_nlayers=args.trans_nlayers, trans_nheads=args.trans_nheads, dropout=args.dropout,
+                       fusion=args.fusion)
+
+
+def make_tokenizer(args):
+    if args.model != "mme2e" or "t" not in args.modalities:
+        return None
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(text_model_name(args))
+    except (OSError, ValueError) as error:
+        raise InputError(f"{text_model_name(args)}: cannot load its tokenizer ({str(error).splitlines()[0][:160]}); give --text-model DIR") from None
+
+
+def compute_loss(logits, labels, args, pos_weight):
+    if args.loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+    if args.loss == "ce":
+        return F.cross_entropy(logits, labels / labels.sum(1, keepdim=True).clamp(min=1))
+    scores = torch.sigmoid(logits)
+    return F.l1_loss(scores, labels) if args.loss == "l1" else F.mse_loss(scores, labels)
+
+
+@torch.no_grad()
+def predict_scores(model, loader, args, device):
+    """(labels (N, 6), scores (N, 6), ids) of a loader, in its order."""
+    model.eval()
+    all_labels, all_scores, all_ids = [], [], []
+    for batch, labels, ids in loader:
+        logits = model(to_device(batch, device)).float()
+        all_scores.append((logits.softmax(-1) if args.loss == "ce" else logits.sigmoid()).cpu().numpy())
+        all_labels.append(labels.numpy())
+        all_ids += ids
+    return np.concatenate(all_labels), np.concatenate(all_scores), all_ids
+
+
+def choose_thresholds(labels, scores):
+    """Per class the F1-best threshold in {0.05, ..., 0.95}: call on VALID only."""
+    return [best_f1_threshold(labels[:, c], scores[:, c]) for c in range(labels.shape[1])]
+
+
+def evaluate(labels, scores, thresholds, class_names, train_labels, dataset):
+    """Per-emotion accuracy, precision, recall, F1, AUC at the given thresholds, their means, the all-positive
+    baseline, the per-class majority baseline (train) and, for IEMOCAP, 6-way argmax accuracy / weighted F1."""
+    labels = labels.astype(int)
+    predicted = (scores >= np.asarray(thresholds)[None, :]).astype(int)
+    majority = (train_labels.mean(0) > 0.5).astype(int)
+    report = {"n": int(len(labels)), "thresholds_from": "valid", "per_emotion": {}}
+    for c, name in enumerate(class_names):
+        truth, guess = labels[:, c], predicted[:, c]
+        both = 0 < truth.sum() < len(truth)
+        report["per_emotion"][name] = {
+            "accuracy": float(skm.accuracy_score(truth, guess)), "precision": float(skm.precision_score(truth, guess, zero_division=0)),
+            "recall": float(skm.recall_score(truth, guess, zero_division=0)), "f1": float(skm.f1_score(truth, guess, zero_division=0)),
+            "auc": float(skm.roc_auc_score(truth, scores[:, c])) if both else float("nan"), "threshold": float(thresholds[c]),
+            "positives": int(truth.sum()), "all_positive_f1": float(skm.f1_score(truth, np.ones_like(truth), zero_division=0)),
+            "all_positive_accuracy": float(truth.mean()), "majority_accuracy": float((truth == majority[c]).mean())}
+    for key in ("accuracy", "precision", "recall", "f1", "auc", "all_positive_f1", "all_positive_accuracy", "majority_accuracy"):
+        values = [v[key] for v in report["per_emotion"].values()]
+        report[f"mean_{key}"] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
+    if dataset == "iemocap":
+        six_way = classification_report(labels.argmax(1), scores.argmax(1), class_names=class_names, train_labels=train_labels.argmax(1))
+        report.update({"accuracy_6way": six_way["accuracy"], "weighted_f1": six_way["weighted_f1"], "macro_f1_6way": six_way["macro_f1"],
+                       "majority_baseline_accuracy_6way": six_way["majority_baseline_accuracy"],
+                       "majority_baseline_weighted_f1": six_way["majority_baseline_weighted_f1"], "confusion_matrix": six_way["confusion_matrix"]})
+    return report
+
+
+def load_weights(model, state, modalities=None):
+    """Load the checkpoint tensors that `model` has with the same shape; with `modalities`, only those of these
+    modalities' modules (plus shared ones such as the fusion weights). Returns the names loaded."""
+    own = model.state_dict()
+    chosen = {}
+    for key, value in state.items():
+        owner = next((m for m, prefixes in MODULES_OF.items() if key.startswith(prefixes)), None)
+        if key in own and own[key].shape == value.shape and (modalities is None or owner is None or owner in modalities):
+            chosen[key] = value
+    if not chosen:
+        raise InputError("--ckpt: no weights fit this model (different -mo/-mod or sizes?)")
+    model.load_state_dict(chosen, strict=False)
+    return sorted(chosen)
+
+
+# ---------------------------------------------------------------- --predict on any video
+
+def read_transcript(path):
+    """[(start, end, text)] from `start end text` lines (seconds); blank lines and # comments skipped."""
+    segments = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split(maxsplit=2)
+        try:
+            start, end = float(parts[0]), float(parts[1])
+        except (ValueError, IndexError):
+            raise InputError(f"{path}:{number}: expected `start end text` (seconds), got {line.strip()[:60]!r}") from None
+        if end <= start:
+            raise InputError(f"{path}:{number}: end {end} is not after start {start}")
+        segments.append((start, end, parts[2].strip() if len(parts) > 2 else ""))
+    if not segments:
+        raise InputError(f"{path}: no `start end text` lines")
+    return segments
+
+
+def predict(cli, device):
+    """Segments (transcript times or fixed windows) of one video -> per-segment probabilities, JSON + HTML."""
+    from preprocess.iemocap import audio_hcf, frames_for_segments, text_hcf, visual_hcf
+    from preprocess.media import load_audio, probe
+    from preprocess.report import jpeg_data_uri
+    if not cli.ckpt or not cli.out:
+        raise InputError("--predict needs --ckpt RUN/model.pt and --out DIR")
+    started = time.perf_counter()
+    state = load_checkpoint(cli.ckpt)
+    args = merged_args(state["args"], cli)
+    model = build_model(args).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    if args.model == "mme2e" and "v" in args.modalities and not cli.no_fuse:
+        model = fuse_repvgg(model)  # a copy: the single-conv RepVGG form, equal in eval mode
+    collate_fn = functools.partial(collate, tokenizer=make_tokenizer(args), text_max_len=args.text_max_len)
+    cropper = make_cropper(args.mtcnn) if "v" in args.modalities else None
+    loaded = time.perf_counter()
+    info = probe(cli.predict)
+    duration = info["duration_s"] or 0.0
+    if cli.transcript:
+        segments = read_transcript(cli.transcript)
+    else:
+        starts = np.arange(0.0, max(duration, 1e-3), cli.window)
+        segments = [(float(s), float(min(s + cli.window, duration or s + cli.window)), "") for s in starts]
+    faces, thumbnails, pending = {i: [] for i in range(len(segments))}, {}, []
+
+    def crop_pending():  # the detector runs on a few frames at a time; no more frames are kept
+        if cropper is not None and pending:
+            for (index, _), crop in zip(pending, cropper.crop_batch([rgb for _, rgb in pending])[0]):
+                faces[index].append(crop)
+        pending.clear()
+    for index, frame_index, rgb in frames_for_segments(cli.predict, {i: s[:2] for i, s in enumerate(segments)}, interval_ms=args.img_interval):
+        if frame_index == 0:
+            thumbnails[index] = jpeg_data_uri(rgb)
+        pending.append((index, rgb))
+        if len(pending) == 8:
+            crop_pending()
+    crop_pending()
+    frames_done = time.perf_counter()
+    needs_audio = "a" in args.modalities
+    if needs_audio and not info["has_audio"]:
+        raise InputError(f"{cli.predict}: no audio stream, but the checkpoint's model uses audio (-mod {args.modalities})")
+    wave = load_audio(cli.predict) if needs_audio else None
+    samples = []
+    for index, (start, end, text) in enumerate(segments):
+        sample = {"id": str(index), "text": text, "label": np.zeros(args.num_emotions, np.float32)}
+        face_array = np.stack(faces[index]) if faces[index] else np.zeros((0, 48, 48, 3), np.uint8)
+        audio = wave[int(start * 16000):max(int(start * 16000) + 1, int(end * 16000))] if wave is not None else None
+        if args.model == "mme2e":
+            if "v" in args.modalities:
+                sample["faces"] = face_array
+            if needs_audio:
+                sample["mel"] = mel_chunks(audio)
+        else:
+            features = {"t": lambda: text_hcf(text), "a": lambda: audio_hcf(audio), "v": lambda: visual_hcf(face_array)}
+            sample["hcf"] = {m: features[m]() for m in args.modalities}
+        samples.append(sample)
+    loader = [collate_fn(samples[i:i + args.batch_size]) for i in range(0, len(samples), args.batch_size)]
+    model_started = time.perf_counter()
+    _, scores, _ = predict_scores(model, loader, args, device)
+    timings = {"model_load_s": loaded - started, "frames_and_faces_s": frames_done - loaded,
+               "audio_and_features_s": model_started - frames_done, "model_s": time.perf_counter() - model_started}
+    names, thresholds = state["class_names"], state["thresholds"]
+    rows = [{"start": round(start, 3), "end": round(end, 3), "text": text, "probabilities": dict(zip(names, map(float, row))),
+             "detected": [n for n, p, t in zip(names, row, thresholds) if p >= t], "top": names[int(row.argmax())]}
+            for (start, end, text), row in zip(segments, scores)]
+    elapsed, processing = time.perf_counter() - started, time.perf_counter() - loaded
+    per_video_second = processing / max(duration, 1e-6)
+    out = Path(cli.out)
+    write_json(out / "predictions.json", {"video": str(cli.predict), "checkpoint": str(cli.ckpt), "duration_s": duration,
+                                          "segmentation": "transcript" if cli.transcript else f"{cli.window} s windows",
+                                          "thresholds": dict(zip(names, thresholds)), "fused_repvgg": not cli.no_fuse,
+                                          "seconds_per_video_second": per_video_second, "timings": timings, "segments": rows})
+    write_emotion_report(out / "report.html", Path(cli.predict).name, rows, names, thresholds, thumbnails)
+    print(f"{cli.predict}: {len(rows)} segment(s); {duration:.1f} s of video processed in {processing:.2f} s = {per_video_second:.3f} s "
+          f"per second of video (+ {loaded - started:.1f} s loading the model; {elapsed:.1f} s in all); outputs in {out}")
+    print("  " + ", ".join(f"{name} {value:.2f}" for name, value in timings.items()))
+    return {"segments": rows, "seconds_per_video_second": per_video_second}
+
+
+def write_emotion_report(path, title, rows, names, thresholds, thumbnails):
+    """Self-contained HTML: one row per segment with its thumbnail (data URI) and a bar per emotion."""
+    from common import atomic_write
+    from preprocess.report import _escape
+    head = "".join(f"<th>{_escape(n)}<br><small>t={t:.2f}</small></th>" for n, t in zip(names, thresholds))
+    body = []
+    for index, row in enumerate(rows):
+        cells = "".join(f'<td class="{"on" if n in row["detected"] else ""}"><div class="bar" style="width:{60 * p:.0f}px"></div>{p:.2f}</td>'
+                        for n, p in row["probabilities"].items())
+        image = f'<img src="{thumbnails[index]}">' if index in thumbnails else ""
+        body.append(f"<tr><td>{row['start']:.1f}-{row['end']:.1f}</td><td>{image}</td><td>{_escape(row['text'])}</td>{cells}"
+                    f"<td>{_escape(', '.join(row['detected']) or '-')}</td></tr>")
+    html = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Emotions: {_escape(title)}</title><style>"
+            "body{font:14px sans-serif;margin:20px}table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 6px}"
+            ".bar{height:8px;background:#1565c0}.on{background:#ffe0b2}img{height:48px}</style></head><body>"
+            f"<h1>Emotions: {_escape(title)}</h1><p>{len(rows)} segment(s); a shaded cell is at or above its valid-chosen threshold t.</p>"
+            f"<table><tr><th>time (s)</th><th>frame</th><th>text</th>{head}<th>detected</th></tr>{''.join(body)}</table></body></html>")
+    atomic_write(path, lambda file: file.write(html), binary=False)
+    return path
+
+
+# ---------------------------------------------------------------- main
+
+def data_splits(args):
+    items, splits = read_processed(args.datapath, args.dataset)
+    if args.protocol == "loso":
+        if args.dataset != "iemocap":
+            raise InputError("--protocol loso is for IEMOCAP (sessions); MOSEI uses its split files")
+        splits = loso_splits(items, args.test_session, seed=args.seed)
+    empty = [split for split, ids in splits.items() if not ids]
+    if empty:
+        raise InputError(f"{args.datapath}: the {' and '.join(empty)} split is empty (train, valid and test are all needed)")
+    return items, splits
+
+
+def loaders(items, splits, args, dist=None):
+    """DataLoaders of every split; with DDP the train split is sharded by a DistributedSampler and --batch-size is
+    split over the processes. The train order depends only on --seed and the epoch (reseed_for_epoch)."""
+    collate_fn = functools.partial(collate, tokenizer=make_tokenizer(args), text_max_len=args.text_max_len)
+    sharded = dist is not None and dist.enabled
+    made = {}
+    for split, ids in splits.items():
+        dataset, training = Utterances(items, ids, args), split == "train"
+        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed) if training and sharded else None
+        made[split] = torch.utils.data.DataLoader(dataset, batch_size=max(1, args.batch_size // dist.world_size) if training and sharded else args.batch_size,
+                                                  shuffle=training and sampler is None, sampler=sampler, collate_fn=collate_fn,
+                                                  num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed))
+    return made
+
+
+def reseed_for_epoch(loader, seed, epoch):
+    if isinstance(loader.sampler, torch.utils.data.DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    else:
+        loader.generator.manual_seed(seed + epoch)
+
+
+def share(dist, value):
+    """Rank 0's value on every rank (DDP), so that all ranks take the same decisions."""
+    if not dist.enabled:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_args(args):
+    if not args.modalities or set(args.modalities) - set("tav") or len(set(args.modalities)) != len(args.modalities):
+        raise InputError(f"-mod {args.modalities}: give a subset of t, a, v such as tav or t")
+    args.modalities = "".join(m for m in "tav" if m in args.modalities)
+    if args.ckpt_mod and set(args.ckpt_mod) - set(args.modalities):
+        raise InputError(f"--ckpt-mod {args.ckpt_mod}: load only modalities that -mod {args.modalities} uses")
+    if args.num_emotions != 6:
+        raise InputError("--num-emotions: both datasets have 6 emotion labels")
+    if args.model != "mme2e":
+        args.hand_crafted = True
+
+
+def train(args, device):
+    if args.learning_rate is None:
+        raise InputError("training needs -lr (the published run used -lr 4.5e-6)")
+    if not args.datapath:
+        raise InputError("training needs --datapath DIR (python -m preprocess.iemocap RAW DIR writes it)")
+    dist = setup_distributed(device)
+    items, splits = data_splits(args)
+    run_dir = Path(share(dist, str(make_run_dir(args.out, args, default_root="runs/fv2es")) if dist.is_main else None))
+    if dist.is_main:
+        write_json(run_dir / "split.json", {"protocol": args.protocol, **splits})
+    data = loaders(items, splits, args, dist)
+    train_labels = np.stack([items[i].label for i in splits["train"]])
+    positives = train_labels.sum(0)
+    pos_weight = torch.tensor((len(train_labels) - positives) / np.maximum(positives, 1), dtype=torch.float32, device=device)
+    model = build_model(args).to(device)
+    if args.ckpt:
+        loaded = load_weights(model, load_checkpoint(args.ckpt)["model"], args.ckpt_mod)
+        print(f"{args.ckpt}: {len(loaded)} tensors loaded" + (f" (modalities {args.ckpt_mod})" if args.ckpt_mod else ""))
+    text_ids = {id(p) for p in model.text_parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in text_ids]}]
+    if text_ids:
+        groups.append({"params": model.text_parameters(), "lr": args.learning_rate / args.text_lr_factor})
+    optimizer = (torch.optim.Adam(groups, lr=args.learning_rate, weight_decay=args.weight_decay) if args.optim == "adam"
+                 else torch.optim.SGD(groups, lr=args.learning_rate, momentum=0.9, weight_decay=args.weight_decay))
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2) if args.scheduler else None
+    start_epoch, best_score, best_epoch = 0, -1.0, -1
+    if args.resume and (run_dir / "last.pt").is_file():
+        state = load_checkpoint(run_dir / "last.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+    # the text encoder's pooler never reaches the loss, so DDP must allow unused parameters
+    train_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if dist.enabled else model
+    for epoch in range(start_epoch, args.epochs):
+        if epoch - best_epoch > args.early_stop:
+            break  # a resumed run that had already stopped early
+        train_model.train()
+        reseed_for_epoch(data["train"], args.seed, epoch)
+        started, loss_sum = time.time(), 0.0
+        for batch, labels, _ in progress(data["train"], enabled=dist.is_main, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False):
+            loss = compute_loss(train_model(to_device(batch, device)), labels.to(device), args, pos_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            optimizer.step()
+            loss_sum += loss.item()
+        valid, thresholds = None, None
+        if dist.is_main:
+            valid_labels, valid_scores, _ = predict_scores(model, data["valid"], args, device)
+            thresholds = choose_thresholds(valid_labels, valid_scores)
+            valid = evaluate(valid_labels, valid_scores, thresholds, CLASS_NAMES[args.dataset], train_labels, args.dataset)
+        score = share(dist, valid["mean_f1"] if valid else None)
+        if scheduler:
+            scheduler.step(score)
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch = score, epoch
+        if dist.is_main:
+            if improved:
+                save_checkpoint(run_dir / "model.pt", {"model": model.state_dict(), "args": vars(args), "epoch": epoch,
+                                                       "thresholds": thresholds, "class_names": CLASS_NAMES[args.dataset]})
+            save_checkpoint(run_dir / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                  "scheduler": scheduler.state_dict() if scheduler else None, "rng": torch.get_rng_state(),
+                                                  "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch})
+            print(f"epoch {epoch + 1}: loss {loss_sum / max(1, len(data['train'])):.4f}  valid mean F1 {score:.3f}  "
+                  f"mean acc {valid['mean_accuracy']:.3f}{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
+        if epoch - best_epoch >= args.early_stop:
+            if dist.is_main:
+                print(f"early stop: no better valid mean F1 for {args.early_stop} epochs")
+            break
+    if not dist.is_main:
+        cleanup_distributed(dist)
+        return None
+    model.load_state_dict(load_checkpoint(run_dir / "model.pt")["model"])
+    metrics = evaluate_splits(model, data, args, device, train_labels, ["valid", "test"])
+    metrics["protocol"] = (f"{args.dataset}, protocol {args.protocol}; trained on train, checkpoint = best valid mean F1 (epoch {best_epoch + 1}); "
+                           "per-class thresholds in {0.05..0.95} chosen on valid, applied to test; means over the 6 emotions; "
+                           "baselines: all-positive and train-majority per class" + ("; 6-way = argmax" if args.dataset == "iemocap" else ""))
+    write_json(run_dir / "metrics.json", metrics)
+    print(f"run folder: {run_dir}")
+    cleanup_distributed(dist)
+    return metrics
+
+
+def evaluate_splits(model, data, args, device, train_labels, splits):
+    """Thresholds from valid (always), reports for `splits`: {"thresholds", split: report}."""
+    valid_labels, valid_scores, _ = predict_scores(model, data["valid"], args, device)
+    thresholds = choose_thresholds(valid_labels, valid_scores)
+    metrics = {"thresholds": thresholds}
+    for split in splits:
+        labels, scores = (valid_labels, valid_scores) if split == "valid" else predict_scores(model, data[split], args, device)[:2]
+        metrics[split] = evaluate(labels, scores, thresholds, CLASS_NAMES[args.dataset], train_labels, args.dataset)
+    columns = ["split", "n", "mean_accuracy", "mean_f1", "mean_auc", "mean_all_positive_f1", "mean_majority_accuracy"]
+    columns += ["accuracy_6way", "weighted_f1", "majority_baseline_weighted_f1"] if args.dataset == "iemocap" else []
+    print(format_table([{"split": s, **metrics[s]} for s in splits], columns))
+    return metrics
+
+
+def evaluate_checkpoint(cli, device):
+    """--valid / --test with --ckpt: the checkpoint's args, overridden only by flags given on the command line."""
+    state = load_checkpoint(cli.ckpt)
+    args = merged_args(state["args"], cli)
+    items, splits = data_splits(args)
+    data = loaders(items, splits, args)
+    model = build_model(args).to(device)
+    model.load_state_dict(state["model"])
+    train_labels = np.stack([items[i].label for i in splits["train"]])
+    metrics = evaluate_splits(model, data, args, device, train_labels, ["valid"] + (["test"] if cli.test else []))
+    out = Path(cli.out) if cli.out else Path(cli.ckpt).parent
+    write_json(out / "evaluation.json", {"checkpoint": str(cli.ckpt), **metrics})
+    return metrics
+
+
+def merged_args(saved, cli, keep=("datapath", "device", "cuda", "cache", "batch_size", "workers", "mtcnn")):
+    args = argparse.Namespace(**saved)
+    explicit = {k: v for k, v in vars(cli).items() if k in keep and v != build_parser().get_default(k)}
+    for key, value in explicit.items():
+        setattr(args, key, value)
+    return args
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    if device.type == "cuda" and args.device in ("auto", "cuda"):
+        device = torch.device(f"cuda:{args.cuda}")
+    seed_everything(args.seed)
+    if args.predict:
+        return predict(args, device)
+    if args.valid or args.test:
+        if not args.ckpt:
+            raise InputError("--valid/--test need --ckpt RUN/model.pt")
+        return evaluate_checkpoint(args, device)
+    check_args(args)
+    return train(args, device)
+
+
+if __name__ == "__main__":
+    run_main(main)
