@@ -154,14 +154,22 @@ def load_checkpoint(path, map_location="cpu"):
         raise InputError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
 
 
-def save_training_state(path, *, model, optimizer, scheduler, epoch, best_score, best_epoch):
-    """last.pt for --resume: weights, optimizer, OneCycle/LR scheduler, torch RNG and the selection state."""
+def numpy_rng_state():
+    """numpy's global MT19937 state as one int64 tensor (624 keys + position), storable with weights_only."""
+    _, keys, position, _, _ = np.random.get_state()
+    return torch.from_numpy(np.append(keys.astype(np.int64), position))
+
+
+def save_training_state(path, *, model, optimizer, scheduler, epoch, best_score, best_epoch, ema=None):
+    """last.pt for --resume: weights, optimizer, OneCycle/LR scheduler, torch and numpy RNG, the selection state
+    and, when given, a weight-averaging model (torch.optim.swa_utils.AveragedModel)."""
     save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "rng": torch.get_rng_state(), "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
-                           "total_steps": scheduler.total_steps})
+                           "rng": torch.get_rng_state(), "numpy_rng": numpy_rng_state(),
+                           "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
+                           "total_steps": scheduler.total_steps, "ema": ema.state_dict() if ema is not None else None})
 
 
-def resume_training_state(path, *, model, optimizer, scheduler):
+def resume_training_state(path, *, model, optimizer, scheduler, ema=None):
     """Restore what save_training_state wrote; returns (start_epoch, best_score, best_epoch). The schedule
     must be the interrupted run's (same --epochs and --batch-size), or resuming would silently change it."""
     state = load_checkpoint(path)
@@ -171,6 +179,11 @@ def resume_training_state(path, *, model, optimizer, scheduler):
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    if state.get("numpy_rng") is not None:
+        keys_and_position = state["numpy_rng"].numpy()
+        np.random.set_state(("MT19937", keys_and_position[:-1].astype(np.uint32), int(keys_and_position[-1]), 0, 0.0))
+    if ema is not None and state.get("ema") is not None:
+        ema.load_state_dict(state["ema"])
     return state["epoch"] + 1, state["best_score"], state["best_epoch"]
 
 

@@ -36,6 +36,7 @@ from common import (InputError, add_logistics_args, argument_parser, atomic_writ
                     seed_everything, setup_distributed, write_json)
 from models.av_emotion import AUDIO_ENCODERS, AVEmotionClassifier, VideoEncoder
 from preprocess.cache import ensure_cached
+from preprocess.features import speech_bounds
 from preprocess.media import MediaError, load_audio, read_frames
 from preprocess.ravdess import EMOTIONS, FOUR_CLASSES, read_manifest, scan_ravdess
 
@@ -61,6 +62,7 @@ def build_parser():
     model.add_argument("--audio-trainable-layers", type=int, default=2, help="wav2vec2 transformer layers fine-tuned from the top (default %(default)s)")
     model.add_argument("--n-mels", type=int, default=64, help="mel encoder: mel bins, a multiple of 8 (default %(default)s)")
     model.add_argument("--max-bin-shift", type=int, default=3, help="mel encoder augmentation: random shift of up to N mel bins per training clip, 0 = off (default %(default)s)")
+    model.add_argument("--trim-db", type=float, default=35.0, help="cut leading/trailing audio quieter than this many dB below the loudest 25-ms frame (0.1 s kept each side); 0 = off (default %(default)s)")
     model.add_argument("--max-audio-seconds", type=float, default=6.0, help="longer audio is cut (random window in training, centre in evaluation) (default %(default)s)")
     model.add_argument("--train-crop-seconds", type=float, default=3.0, help="random audio crop length while training, 0 = whole clip (default %(default)s)")
     model.add_argument("--video-fps", type=float, default=6.0, help="frames sampled per second by timestamp (default %(default)s)")
@@ -74,6 +76,8 @@ def build_parser():
     train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of AdamW with one-cycle schedule (seed: Adam 1e-3, StepLR) (default %(default)s)")
     train.add_argument("--weight-decay", type=float, default=5e-2, help="(default %(default)s)")
     train.add_argument("--label-smoothing", type=float, default=0.1, help="(default %(default)s)")
+    train.add_argument("--mixup", type=float, default=0.0, help="mixup: each batch is mixed with a shuffled copy of itself (waveforms, frames and labels) at a ratio drawn from Beta(A, A); 0 = off (default %(default)s)")
+    train.add_argument("--ema", type=float, default=0.0, help="evaluate and keep an exponential moving average of the weights with this decay per step (e.g. 0.99); 0 = off (default %(default)s)")
     train.add_argument("--select", default="accuracy", choices=["accuracy", "macro_f1"], help="validation metric that picks the checkpoint (default %(default)s)")
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default %(default)s)")
     run = parser.add_argument_group("Run")
@@ -106,6 +110,23 @@ def decode_trial(trial, args):
     return paths
 
 
+def trim(wave, top_db):
+    """The wave without its leading and trailing silence (--trim-db), unchanged when top_db is 0."""
+    if not top_db:
+        return wave
+    start, end = speech_bounds(torch.tensor(np.asarray(wave, dtype=np.float32)), top_db=top_db, sample_rate=SAMPLE_RATE)
+    return wave[start:end]
+
+
+def crop(wave, seconds, *, at_random):
+    """At most `seconds` of the wave: a random window (training) or the centre one (evaluation, prediction)."""
+    keep = int(seconds * SAMPLE_RATE)
+    if keep <= 0 or len(wave) <= keep:
+        return wave
+    start = int(torch.randint(0, len(wave) - keep + 1, ())) if at_random else (len(wave) - keep) // 2
+    return wave[start:start + keep]
+
+
 class TrialDataset(Dataset):
     def __init__(self, trials, cache_paths, class_names, args, *, training):
         self.trials, self.cache_paths, self.args, self.training = trials, cache_paths, args, training
@@ -114,20 +135,13 @@ class TrialDataset(Dataset):
     def __len__(self):
         return len(self.trials)
 
-    def crop(self, wave, seconds):
-        keep = int(seconds * SAMPLE_RATE)
-        if keep <= 0 or len(wave) <= keep:
-            return wave
-        start = int(torch.randint(0, len(wave) - keep + 1, ())) if self.training else (len(wave) - keep) // 2
-        return wave[start:start + keep]
-
     def __getitem__(self, index):
         item, paths = {"label": self.label_ids[index]}, self.cache_paths[self.trials[index].key]
         if "audio" in paths:
-            wave = np.load(paths["audio"], mmap_mode="r")
-            wave = self.crop(wave, self.args.max_audio_seconds)
+            wave = trim(np.load(paths["audio"], mmap_mode="r"), self.args.trim_db)
+            wave = crop(wave, self.args.max_audio_seconds, at_random=self.training)
             if self.training and self.args.train_crop_seconds > 0:
-                wave = self.crop(wave, self.args.train_crop_seconds)
+                wave = crop(wave, self.args.train_crop_seconds, at_random=True)
             item["audio"] = torch.from_numpy(np.array(wave, dtype=np.float32))
         if "frames" in paths:
             frames = np.load(paths["frames"], mmap_mode="r")
@@ -201,6 +215,19 @@ def build_model(settings, num_classes):
     return AVEmotionClassifier(modalities=args.modalities, num_classes=num_classes, audio_encoder=audio, video_encoder=video)
 
 
+def mix_batch(batch, targets, ratio):
+    """Mixup: every example blended with a shuffled partner at `ratio` (inputs and one-hot targets); a mixed
+    sequence is as long as the longer of the two."""
+    partner = torch.randperm(len(targets), device=targets.device)
+    mixed = {"label": batch["label"]}
+    for key, length_key in (("audio", "audio_lengths"), ("frames", "frame_lengths")):
+        if key in batch:
+            values = ratio * batch[key].float() + (1 - ratio) * batch[key][partner].float()
+            mixed[key] = values.round().to(batch[key].dtype) if not batch[key].is_floating_point() else values
+            mixed[length_key] = torch.maximum(batch[length_key], batch[length_key][partner])
+    return mixed, ratio * targets + (1 - ratio) * targets[partner]
+
+
 def to_device(batch, device):
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
@@ -234,10 +261,14 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(1, args.epochs * len(train_loader)))
     train_model = DistributedDataParallel(model) if dist.enabled else model
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
+           if args.ema > 0 else None)
+    evaluated = ema.module if ema is not None else model  # the weights validation sees and model.pt keeps
     train_counts = np.bincount(datasets["train"].label_ids, minlength=len(class_names))
     start_epoch, best_score, best_epoch = 0, -1.0, -1
     if args.resume and (split_dir / "last.pt").is_file():
-        start_epoch, best_score, best_epoch = resume_training_state(split_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler)
+        start_epoch, best_score, best_epoch = resume_training_state(split_dir / "last.pt", model=model, optimizer=optimizer,
+                                                                   scheduler=scheduler, ema=ema)
     checkpoint_info = {"args": vars(args), "class_names": class_names, "train_class_counts": train_counts.tolist()}
     for epoch in range(start_epoch, args.epochs):
         train_model.train()
@@ -247,23 +278,28 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
         started, loss_sum = time.time(), 0.0
         for batch in progress(train_loader, enabled=dist.is_main, desc=f"{name} epoch {epoch + 1}/{args.epochs}", leave=False):
             batch = to_device(batch, device)
-            loss = F.cross_entropy(train_model(batch), batch["label"], label_smoothing=args.label_smoothing)
+            targets = F.one_hot(batch["label"], len(class_names)).float()
+            if args.mixup > 0:
+                batch, targets = mix_batch(batch, targets, float(np.random.beta(args.mixup, args.mixup)))
+            loss = F.cross_entropy(train_model(batch), targets, label_smoothing=args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss.item()
         if dist.is_main:
             if "val" in eval_loaders:
-                val_probabilities, val_labels = predict_probabilities(model, eval_loaders["val"], device)
+                val_probabilities, val_labels = predict_probabilities(evaluated, eval_loaders["val"], device)
                 val = classification_report(val_labels, val_probabilities.argmax(1), class_names=class_names)
             else:  # no validation split: the last epoch of the fixed schedule is the model
                 val = {"accuracy": float("nan"), "macro_f1": float("nan"), args.select: float(epoch)}
             improved = val[args.select] > best_score
             if improved:
                 best_score, best_epoch = val[args.select], epoch
-                save_checkpoint(split_dir / "model.pt", {"model": model.state_dict(), "epoch": epoch, **checkpoint_info})
-            save_training_state(split_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler,
+                save_checkpoint(split_dir / "model.pt", {"model": evaluated.state_dict(), "epoch": epoch, **checkpoint_info})
+            save_training_state(split_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                                 epoch=epoch, best_score=best_score, best_epoch=best_epoch)
             scores = f"  val accuracy {val['accuracy']:.3f}  macro-F1 {val['macro_f1']:.3f}" if "val" in eval_loaders else ""
             print(f"{name} epoch {epoch + 1}: loss {loss_sum / max(1, len(train_loader)):.3f}{scores}"
@@ -305,7 +341,8 @@ def predict_files(args):
     for path in args.predict:
         item = {}
         if "a" in settings["modalities"]:
-            wave = load_audio(path, sample_rate=SAMPLE_RATE)[: int(settings["max_audio_seconds"] * SAMPLE_RATE)]
+            wave = load_audio(path, sample_rate=SAMPLE_RATE).numpy()
+            wave = torch.from_numpy(np.array(crop(trim(wave, settings.get("trim_db", 0)), settings["max_audio_seconds"], at_random=False)))
             item.update(audio=wave[None], audio_lengths=torch.tensor([len(wave)]))
         if "v" in settings["modalities"]:
             frames = read_frames(path, fps=settings["video_fps"], size=settings["frame_size"], center_crop=True)[1]

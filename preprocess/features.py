@@ -113,6 +113,23 @@ def rms(wave):
     return wave.square().mean(-1).sqrt()
 
 
+def speech_bounds(wave, *, top_db=35.0, sample_rate=16000, frame_length=400, hop_length=160, pad_seconds=0.1):
+    """(start, end) sample indices of the span from the first to the last 25-ms frame whose RMS is within
+    `top_db` dB of the loudest frame, widened by `pad_seconds` each side: leading and trailing silence cut
+    (RAVDESS clips open with about a second of it). A silent or too-short wave gives (0, len)."""
+    wave = _as_wave(wave)
+    total = wave.shape[-1]
+    if total < frame_length:
+        return 0, total
+    frame_rms = wave.unfold(-1, frame_length, hop_length).square().mean(-1).sqrt()  # (frames,)
+    loud = frame_rms >= frame_rms.max() * 10 ** (-top_db / 20)
+    if frame_rms.max() <= 0 or not loud.any():
+        return 0, total
+    indices = loud.nonzero().flatten()
+    pad = int(pad_seconds * sample_rate)
+    return max(0, int(indices[0]) * hop_length - pad), min(total, int(indices[-1]) * hop_length + frame_length + pad)
+
+
 def _parabolic_offset(left, centre, right):
     """Offset in [-0.5, 0.5] of the vertex of the parabola through (-1, left), (0, centre), (1, right)."""
     curvature = left - 2 * centre + right

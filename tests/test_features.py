@@ -200,3 +200,15 @@ def test_transforms_are_cached_per_config():
     hits = features._mel_transform.cache_info().hits
     features.log_mel(sine(220.0), n_mels=33)
     assert features._mel_transform.cache_info().hits == hits + 1
+
+
+def test_speech_bounds_cut_leading_and_trailing_silence():
+    speech_bounds = features.speech_bounds
+    sample_rate = 16000
+    wave = torch.zeros(4 * sample_rate)
+    wave[sample_rate:int(2.5 * sample_rate)] = 0.3 * torch.sin(2 * math.pi * 220 * torch.arange(int(1.5 * sample_rate)) / sample_rate)
+    wave += 1e-4 * torch.randn(len(wave), generator=torch.Generator().manual_seed(0))  # -70 dB room noise stays out
+    start, end = speech_bounds(wave, top_db=35, pad_seconds=0.1)
+    assert abs(start - int(0.9 * sample_rate)) <= 400 and abs(end - int(2.6 * sample_rate)) <= 400
+    assert speech_bounds(torch.zeros(sample_rate)) == (0, sample_rate)  # silence: keep all
+    assert speech_bounds(torch.ones(100)) == (0, 100)  # shorter than one frame

@@ -140,7 +140,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(ravdess, tmp_path):
     import signal
     import time
     command = [sys.executable, "train_av.py", "--data", str(ravdess), "--cache", str(tmp_path / "cache"), *FAST,
-               "-mod", "a", "--epochs", "3"]
+               "-mod", "a", "--epochs", "3", "--trim-db", "35", "--mixup", "0.4", "--ema", "0.9"]  # numpy RNG and EMA resume too
     subprocess.run([*command, "--out", str(tmp_path / "clean")], check=True, cwd=ROOT, capture_output=True)
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen([*command, "--out", str(interrupted)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -156,6 +156,22 @@ def test_kill_and_resume_gives_the_uninterrupted_result(ravdess, tmp_path):
     assert resumed["val"] == clean["val"] and resumed["test"] == clean["test"]
     with pytest.raises(InputError, match="--resume needs"):
         train_av.main([*command[2:], "--out", str(interrupted), "--resume", "--epochs", "5"])
+
+
+def test_mixup_blends_inputs_targets_and_lengths():
+    import torch
+    batch = {"label": torch.tensor([0, 1]), "audio": torch.tensor([[1.0, 1.0, 0.0], [3.0, 3.0, 3.0]]), "audio_lengths": torch.tensor([2, 3]),
+             "frames": torch.tensor([[[0]], [[200]]], dtype=torch.uint8), "frame_lengths": torch.tensor([1, 1])}
+    targets = torch.eye(2)
+    torch.manual_seed(0)
+    while True:  # a draw that swaps the two rows
+        mixed, mixed_targets = train_av.mix_batch(batch, targets, 0.75)
+        if mixed_targets[0, 1] > 0:
+            break
+    assert torch.allclose(mixed["audio"][0], torch.tensor([1.5, 1.5, 0.75])) and mixed["audio_lengths"].tolist() == [3, 3]
+    assert mixed["frames"].dtype == torch.uint8 and mixed["frames"][0].item() == 50
+    assert torch.allclose(mixed_targets, torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
+    assert torch.equal(train_av.mix_batch(batch, targets, 1.0)[0]["audio"], batch["audio"])
 
 
 def test_bad_input_is_one_clear_line(tmp_path):
