@@ -54,6 +54,8 @@ def build_parser():
     features.add_argument("--text-encoder", help="local folder of a transformers sentence encoder (needed for t), e.g. weights/all-MiniLM-L6-v2 from `make weights`")
     features.add_argument("--text-finetune-epochs", type=int, default=0, help="first fine-tune the text encoder for N epochs on the train split (temporary linear head, class-weighted CE), then cache its embeddings; 0 = frozen (default %(default)s)")
     features.add_argument("--text-finetune-lr", type=float, default=5e-5, help="AdamW learning rate of that fine-tuning, linear decay (default %(default)s)")
+    features.add_argument("--text-context", type=int, default=0, help="encode each utterance together with the previous N utterances of its dialogue (as 'Speaker: text' after [SEP]; "
+                          "attention sees them, only the utterance's own tokens are pooled); 0 = the utterance alone (default %(default)s)")
     features.add_argument("--text-max-length", type=int, default=128, help="tokens per utterance, longer ones are cut (default %(default)s)")
     features.add_argument("--audio-model", help="local wav2vec2 folder (e.g. wav2vec2-base-960h); adds its 768-d mean to the 25 MFCC means + 5 prosody values")
     features.add_argument("--video-weights", help="torchvision ResNet-50 ImageNet state dict (.pth or folder with resnet50*.pth); a seeded random ResNet-50 without it")
@@ -119,6 +121,8 @@ class TextFeatures:
             raise InputError("-mod with t needs --text-encoder DIR (run `make weights` for weights/all-MiniLM-L6-v2)")
         self.train, self.args, self.device, self.encoder = splits["train"], args, device, None
         self.settings = {"text_encoder": file_fingerprint(args.text_encoder), "max_length": args.text_max_length}
+        if args.text_context:
+            self.settings["context"] = args.text_context
         if args.text_finetune_epochs:
             self.settings["finetune"] = {"epochs": args.text_finetune_epochs, "lr": args.text_finetune_lr, "seed": args.seed,
                                          "class_weights": args.class_weights, "train_csv": file_fingerprint(Path(args.data) / SPLIT_CSV["train"])}
@@ -128,19 +132,30 @@ class TextFeatures:
         if self.args.text_finetune_epochs:
             labels = [EMOTIONS.index(u.emotion) for u in self.train]
             weights = torch.tensor(CLASS_WEIGHTS[self.args.class_weights](np.bincount(labels, minlength=len(EMOTIONS))), dtype=torch.float32)
-            encoder.finetune([u.text for u in self.train], labels, num_classes=len(EMOTIONS), epochs=self.args.text_finetune_epochs,
+            encoder.finetune([u.text for u in self.train], labels, contexts=self.contexts(self.train), num_classes=len(EMOTIONS), epochs=self.args.text_finetune_epochs,
                              lr=self.args.text_finetune_lr, class_weights=weights, seed=self.args.seed,
                              progress=lambda items, desc: progress(items, desc=desc, leave=False))
         return encoder
 
+    def contexts(self, utterances):
+        """Per utterance, its dialogue's previous --text-context utterances as 'Speaker: text ...' (None without context)."""
+        if not self.args.text_context:
+            return None
+        previous = {}
+        for group in dialogues(utterances):
+            for position, utterance in enumerate(group):
+                previous[utterance.key] = " ".join(f"{u.speaker}: {u.text}" for u in group[max(0, position - self.args.text_context):position])
+        return [previous[u.key] for u in utterances]
+
     def __call__(self, split, utterances):
         def compute():
             self.encoder = self.encoder or self.build_encoder()
-            order = np.argsort([len(u.text) for u in utterances])  # similar lengths share a batch: less padding
+            contexts = self.contexts(utterances)
+            order = np.argsort([len(u.text) + (len(contexts[i]) if contexts else 0) for i, u in enumerate(utterances)])  # similar lengths share a batch
             embeddings = np.zeros((len(utterances), self.encoder.model.config.hidden_size), np.float32)
             for start in progress(range(0, len(order), 64), desc=f"encoding {split} text", leave=False):
                 rows = order[start:start + 64]
-                embeddings[rows] = self.encoder([utterances[i].text for i in rows]).numpy()
+                embeddings[rows] = self.encoder([utterances[i].text for i in rows], None if contexts is None else [contexts[i] for i in rows]).numpy()
             return embeddings
         return cached_array(self.args.cache, Path(self.args.data) / SPLIT_CSV[split], self.settings, compute)
 

@@ -43,20 +43,32 @@ class SentenceEncoder:
         self.model = AutoModel.from_pretrained(model_dir).eval().to(device)
         self.device, self.max_length = device, max_length
 
-    def embed(self, texts):
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                                return_tensors="pt").to(self.device)
-        hidden = self.model(**tokens).last_hidden_state                   # (N, L, hidden)
-        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)     # (N, L, 1)
+    def embed(self, texts, contexts=None):
+        """With `contexts` (one string per text, e.g. the previous utterances), each text is encoded as the pair
+        (text, context), so attention sees the context, but only the text's tokens ([CLS] text [SEP]) are pooled."""
+        if contexts is None:
+            tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            pooled_positions = tokens["attention_mask"]
+        else:
+            tokens = self.tokenizer(list(texts), list(contexts), padding=True, truncation="longest_first",
+                                    max_length=self.max_length, return_tensors="pt")
+            pooled_positions = tokens["attention_mask"].clone()
+            for row in range(len(texts)):
+                context_start = tokens.sequence_ids(row).index(1) if 1 in tokens.sequence_ids(row) else None
+                if context_start is not None:
+                    pooled_positions[row, context_start:] = 0
+        tokens = tokens.to(self.device)
+        hidden = self.model(**tokens).last_hidden_state                           # (N, L, hidden)
+        mask = pooled_positions.to(self.device).unsqueeze(-1).to(hidden.dtype)     # (N, L, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
         return F.normalize(pooled, p=2, dim=1)
 
     @torch.no_grad()
-    def __call__(self, texts):
+    def __call__(self, texts, contexts=None):
         self.model.eval()
-        return self.embed(texts).float().cpu()
+        return self.embed(texts, contexts).float().cpu()
 
-    def finetune(self, texts, labels, *, num_classes, epochs, lr, class_weights, seed, batch_size=32, progress=iter):
+    def finetune(self, texts, labels, *, num_classes, epochs, lr, class_weights, seed, contexts=None, batch_size=32, progress=iter):
         """Fine-tune the encoder (word embeddings frozen) with a temporary linear head on (the train split's)
         texts and labels: AdamW, linear decay, class-weighted cross-entropy on 20x the L2-normalised embedding.
         Batches hold texts of similar length (less padding) in a shuffled order."""
@@ -68,7 +80,7 @@ class SentenceEncoder:
         word_embeddings.requires_grad_(False)
         parameters = [p for p in [*self.model.parameters(), *head.parameters()] if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(contexts[i]) if contexts else 0))
         chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / (epochs * len(chunks)))
         labels, weights = torch.as_tensor(labels, device=self.device), class_weights.to(self.device)
@@ -76,7 +88,7 @@ class SentenceEncoder:
         for epoch in range(epochs):
             for chunk in progress([chunks[i] for i in torch.randperm(len(chunks), generator=generator)],
                                   desc=f"fine-tuning text encoder {epoch + 1}/{epochs}"):
-                logits = head(20 * self.embed([texts[i] for i in chunk]))
+                logits = head(20 * self.embed([texts[i] for i in chunk], None if contexts is None else [contexts[i] for i in chunk]))
                 loss = F.cross_entropy(logits, labels[chunk], weight=weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -176,3 +176,27 @@ def test_sentence_pooling_ignores_padding(text_encoder):
     assert torch.allclose(alone[0], batched[0], atol=1e-5)
     assert torch.allclose(batched.norm(dim=1), torch.ones(2), atol=1e-5)
     assert len(EMOTIONS) == 7
+
+
+def test_context_is_seen_but_only_the_utterance_is_pooled(text_encoder):
+    encoder = SentenceEncoder(text_encoder)
+    texts, contexts = ["wow", "i think the coffee was great"], ["Ross: okay really", "Monica: wow"]
+    pooled = encoder(texts, contexts)
+    for row, (text, context) in enumerate(zip(texts, contexts)):  # reference: one pair at a time, mean over [CLS] text [SEP]
+        tokens = encoder.tokenizer([text], [context], return_tensors="pt")
+        own_tokens = len(encoder.tokenizer([text])["input_ids"][0])
+        with torch.no_grad():
+            hidden = encoder.model(**tokens).last_hidden_state[0, :own_tokens]
+        assert torch.allclose(pooled[row], torch.nn.functional.normalize(hidden.mean(0), dim=0), atol=1e-5)
+    assert not torch.allclose(pooled[0], encoder(["wow"], ["Joey: great"])[0], atol=1e-3)  # attention sees the context
+
+
+def test_text_context_holds_only_earlier_utterances_of_the_same_dialogue(meld):
+    utterances = read_split(meld, "train")
+    args = train_meld.build_parser().parse_args(["--data", str(meld), "--text-encoder", "unused", "--text-context", "2"])
+    features = train_meld.TextFeatures({"train": utterances}, args, "cpu")
+    by_key = dict(zip((u.key for u in utterances), features.contexts(utterances)))
+    for utterance in utterances:
+        earlier = sorted((u for u in utterances if u.dialogue == utterance.dialogue and u.utterance < utterance.utterance),
+                         key=lambda u: u.utterance)[-2:]
+        assert by_key[utterance.key] == " ".join(f"{u.speaker}: {u.text}" for u in earlier)
