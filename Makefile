@@ -6,7 +6,7 @@
 #          make meld [DATA=/path/to/MELD]
 #          make gnn [DATA=/path/to/KEMDy20]   (no DATA: a synthetic demo tree in the KEMDy20 layout)
 #          make fv2es [DATA=/path/to/processed IEMOCAP]   (no DATA: synthetic IEMOCAP + MOSEI trees, raw and processed)
-#          make bench
+#          make bench     (bench/*.py, figures in BENCHMARKS.md; bench/mtcnn.py needs --image, run it by hand)
 PYTHON ?= .venv/bin/python
 DEVICE ?= auto
 export HF_HUB_OFFLINE := 1
@@ -26,6 +26,8 @@ bench:
 	$(PYTHON) bench/lstm.py
 	$(PYTHON) bench/video.py
 	$(PYTHON) bench/repvgg.py
+	$(PYTHON) bench/pipeline.py
+	$(PYTHON) bench/throughput.py
 
 ifdef DATA
 av:

@@ -10,7 +10,8 @@ works both ways. `lengths` (B,) replaces pack_padded_sequence: padded steps neve
 and the reverse direction starts at each sequence's last real step.
 
 Speed (bench/lstm.py): the input projections of all time steps are one matmul per layer, both directions run
-in the same per-step batched matmul, per-step views are made before the loop, and each layer is a custom
+in the same per-step batched matmul, per-step views are made before the loop, the candidate gate's weight rows are doubled once per forward so
+one sigmoid covers all gates (tanh x = 2 sigmoid 2x - 1), inference (no grad) runs a leaner loop, and each layer is a custom
 autograd.Function whose backward is hand-written backpropagation through time: per step only the recurrent
 gate gradients, then the input and weight gradients are one matmul each over all steps. Double backward is
 not supported. tests/test_lstm.py checks outputs and every gradient against torch.nn.
@@ -20,6 +21,17 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _scale_candidate_rows(weight_ih, bias, weight_hh):
+    """Copies with the rows of the candidate gate g doubled: then sigmoid of its pre-activation is sigmoid(2x),
+    and tanh(x) = 2 sigmoid(2x) - 1, so one sigmoid call covers all four gates (torch.tanh costs about five
+    sigmoids on CPU) and no per-step doubling is needed."""
+    hidden = weight_hh.shape[2]
+    scaled = [tensor.clone() for tensor in (weight_ih, bias, weight_hh)]
+    for tensor in scaled:
+        tensor[:, 2 * hidden:3 * hidden].mul_(2)
+    return scaled
 
 
 def _lstm_forward(inputs, weight_ih, bias, weight_hh, h0, c0, keep_mask):
@@ -32,6 +44,7 @@ def _lstm_forward(inputs, weight_ih, bias, weight_hh, h0, c0, keep_mask):
     """
     directions, steps, batch, _ = inputs.shape
     hidden = weight_hh.shape[2]
+    weight_ih, bias, weight_hh = _scale_candidate_rows(weight_ih, bias, weight_hh)
     # x W_ih^T + b for all steps in one matmul; each step then adds h W_hh^T in place
     gates_all = torch.baddbmm(bias.unsqueeze(1), inputs.flatten(1, 2), weight_ih.transpose(1, 2))  # (D, T*B, 4H)
     gates_all = gates_all.view(directions, steps, batch, 4 * hidden)
@@ -45,18 +58,45 @@ def _lstm_forward(inputs, weight_ih, bias, weight_hh, h0, c0, keep_mask):
         gates, g, i, f, o = gate_steps[t], g_steps[t], i_steps[t], f_steps[t], o_steps[t]
         h_prev, c_prev, h, c, tanh_c = h_steps[t], c_steps[t], h_steps[t + 1], c_steps[t + 1], tanh_c_steps[t]
         gates.baddbmm_(h_prev, weight_hh_t)
-        # tanh(x) = 2 sigmoid(2x) - 1: one sigmoid call covers all four gates, and torch.tanh costs about
-        # five sigmoids on CPU
-        g.mul_(2)
         gates.sigmoid_()
-        g.mul_(2).sub_(1)
+        g.mul_(2).sub_(1)  # tanh of the candidate (its rows were doubled), kept for the backward
         torch.mul(f, c_prev, out=c).addcmul_(i, g)
-        torch.mul(c, 2, out=tanh_c).sigmoid_().mul_(2).sub_(1)  # tanh(c)
+        torch.add(c, c, out=tanh_c).sigmoid_().mul_(2).sub_(1)  # tanh(c)
         torch.mul(o, tanh_c, out=h)
         if keep_mask is not None:
             torch.where(keep_mask[t], h, h_prev, out=h)
             torch.where(keep_mask[t], c, c_prev, out=c)
     return gates_all, hs, cs, tanh_cs
+
+
+def _lstm_infer(inputs, weight_ih, bias, weight_hh, h0, c0, keep_mask):
+    """_lstm_forward without what only the backward needs (no per-step c or tanh(c) kept) and with fewer
+    kernels per step: c = f c' + 2 i s_g - i and h = 2 o s_c - o, s_g, s_c the sigmoids of the doubled
+    pre-activations. Returns hs (D, T, B, H) and the final c (D, B, H)."""
+    directions, steps, batch, _ = inputs.shape
+    hidden = weight_hh.shape[2]
+    weight_ih, bias, weight_hh = _scale_candidate_rows(weight_ih, bias, weight_hh)
+    gates_all = torch.baddbmm(bias.unsqueeze(1), inputs.flatten(1, 2), weight_ih.transpose(1, 2))  # (D, T*B, 4H)
+    gates_all = gates_all.view(directions, steps, batch, 4 * hidden)
+    hs = inputs.new_empty(directions, steps, batch, hidden)
+    h_steps = [h0, *hs.unbind(1)]
+    gate_steps = gates_all.unbind(1)
+    i_steps, f_steps, g_steps, o_steps = (part.unbind(1) for part in gates_all.split(hidden, dim=-1))
+    c_buffers = [c0.clone(), torch.empty_like(c0)]  # ping-pong: the state before and after a step
+    scratch = torch.empty_like(c0)
+    weight_hh_t = weight_hh.transpose(1, 2)  # (D, H, 4H)
+    for t in range(steps):
+        gates, g, i, f, o = gate_steps[t], g_steps[t], i_steps[t], f_steps[t], o_steps[t]
+        h_prev, h, c_prev, c = h_steps[t], h_steps[t + 1], c_buffers[t % 2], c_buffers[1 - t % 2]
+        gates.baddbmm_(h_prev, weight_hh_t)
+        gates.sigmoid_()
+        torch.mul(f, c_prev, out=c).addcmul_(i, g, value=2).sub_(i)
+        torch.add(c, c, out=scratch).sigmoid_()
+        torch.mul(o, scratch, out=h).add_(h).sub_(o)
+        if keep_mask is not None:
+            torch.where(keep_mask[t], h, h_prev, out=h)
+            torch.where(keep_mask[t], c, c_prev, out=c)
+    return hs, c_buffers[steps % 2]
 
 
 class _LSTMLayer(torch.autograd.Function):
@@ -308,6 +348,10 @@ class LSTM(_Recurrent):
 
     def run_layer(self, inputs, weight_ih, weight_hh, bias_ih, bias_hh, initial_state, keep_mask):
         h0, c0 = initial_state
+        tensors = (inputs, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0)
+        if not (torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)):
+            hs, c_n = _lstm_infer(inputs, weight_ih, bias_ih + bias_hh, weight_hh, h0, c0, keep_mask)
+            return hs, hs[:, -1].clone(), c_n
         return _LSTMLayer.apply(inputs, weight_ih, bias_ih + bias_hh, weight_hh, h0, c0, keep_mask)
 
     def forward(self, x, lengths=None, state=None):

@@ -76,9 +76,13 @@ def log_mel(wave, *, sample_rate=16000, n_mels=64, n_fft=512, win_length=400, ho
 def mfcc(wave, *, sample_rate=16000, n_mfcc=13, n_mels=40, n_fft=512, win_length=400, hop_length=160):
     """MFCC: (..., n_mfcc, frames), the orthonormal DCT-II of log_mel over mel bins. Equals
     torchaudio.transforms.MFCC(..., log_mels=True); no dB/top_db step, which would couple batch items."""
-    log_mels = log_mel(wave, sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft, win_length=win_length,
-                       hop_length=hop_length)                      # (..., n_mels, frames)
-    dct = _dct_matrix(n_mfcc, n_mels, str(log_mels.device))      # (n_mels, n_mfcc)
+    return mfcc_of_log_mel(log_mel(wave, sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft, win_length=win_length,
+                                   hop_length=hop_length), n_mfcc=n_mfcc)
+
+
+def mfcc_of_log_mel(log_mels, *, n_mfcc=13):
+    """MFCC from an existing log_mel (..., n_mels, frames) -> (..., n_mfcc, frames), for callers that need both."""
+    dct = _dct_matrix(n_mfcc, log_mels.shape[-2], str(log_mels.device))  # (n_mels, n_mfcc)
     return (log_mels.transpose(-1, -2) @ dct).transpose(-1, -2)
 
 

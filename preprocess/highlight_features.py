@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from common import load_pretrained
 from models.highlight import EmotionProbe
 from preprocess.cache import cached_array
-from preprocess.features import log_mel, mfcc
+from preprocess.features import log_mel, mfcc_of_log_mel
 from preprocess.kemdy20 import EMOTIONS as KEMDY20_EMOTIONS, scan_kemdy20
 from preprocess.media import iter_audio, iter_frames
 from preprocess.ravdess import EMOTIONS as RAVDESS_EMOTIONS, scan_ravdess
@@ -30,8 +30,10 @@ RAVDESS_VALENCE = {"neutral": 3, "calm": 4, "happy": 5, "sad": 1, "angry": 1, "f
 
 
 def window_stats(windows):
-    """windows (N, 16000) -> MFCC-32 mean+std (N, 64) for the probes, log-mel-64 mean+std (N, 128)."""
-    coefficients, mels = mfcc(windows, n_mfcc=32, n_mels=64), log_mel(windows)   # (N, 32, F), (N, 64, F)
+    """windows (N, 16000) -> MFCC-32 mean+std (N, 64) for the probes, log-mel-64 mean+std (N, 128).
+    The MFCC are those of mfcc(windows, n_mfcc=32, n_mels=64), computed from the one log-mel (same STFT)."""
+    mels = log_mel(windows)                                                    # (N, 64, F)
+    coefficients = mfcc_of_log_mel(mels, n_mfcc=32)                           # (N, 32, F)
     return (torch.cat([coefficients.mean(-1), coefficients.std(-1)], 1),
             torch.cat([mels.mean(-1), mels.std(-1)], 1))
 

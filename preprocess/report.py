@@ -7,6 +7,8 @@ thumbnails as data URIs, no network).
     write_report(out_dir / "report.html", title=..., scores=..., threshold=..., segments=..., probes=..., thumbnails=...)
 """
 import base64
+import bisect
+import collections
 import json
 import math
 from fractions import Fraction
@@ -47,55 +49,127 @@ def write_scores_csv(path, scores):
     atomic_write(path, lambda f: f.write("second,score\n" + "".join(f"{i},{s:.6f}\n" for i, s in enumerate(scores))), binary=False)
 
 
+# the reel is a preview: superfast encodes 720p about 2x faster than veryfast (BENCHMARKS.md), at a bigger file
+REEL_PRESET = "superfast"
+# seek to a segment this long before its start (the decoder then warms up before the first frame needed)
+SEEK_MARGIN_S = 1.0
+# without a keyframe index, seek only past gaps longer than this (decoding on through a shorter gap is cheaper)
+SEEK_MIN_GAP_S = 5.0
+
+
+class _SpanReader:
+    """One stream of its own container, read span by span in time order: each span is reached by seeking to
+    the keyframe before it, unless decoding on from where the previous span ended is cheaper, so only the
+    spans and their lead-in are decoded. Items are (start_s, payload), payload = convert(frame); an item
+    that reaches past a span's end is offered to the next span again (audio frames straddle boundaries)."""
+
+    def __init__(self, source, kind, convert, duration):
+        self.container = _open_container(source)
+        streams = self.container.streams.video if kind == "video" else self.container.streams.audio
+        self.stream = streams[0]
+        for other in self.container.streams:
+            if other is not self.stream:
+                other.discard = av.stream.Discard.all
+        if kind == "video":
+            self.stream.thread_type = "AUTO"
+        self.convert, self.duration = convert, duration
+        self.origin = float(self.stream.start_time * self.stream.time_base) if self.stream.start_time is not None else 0.0
+        entries = self.stream.index_entries  # mp4: complete; mkv/webm: filled lazily, so only trusted for mp4-like files
+        self.keyframes = sorted(float(entries[i].timestamp * self.stream.time_base) - self.origin
+                                for i in range(len(entries)) if entries[i].is_keyframe) if kind == "video" else []
+        self.indexed = kind == "video" and len(self.keyframes) > 1 and self.keyframes[-1] >= self._length() - 20
+        self.packets, self.held, self.reached = self.container.demux(self.stream), collections.deque(), 0.0
+
+    def _length(self):
+        return float(self.stream.duration * self.stream.time_base) if self.stream.duration else float("inf")
+
+    def _peek(self):
+        while not self.held:
+            packet = next(self.packets, None)
+            if packet is None:
+                return None
+            for frame in packet.decode():
+                if frame.pts is not None:
+                    self.held.append((float(frame.pts * frame.time_base) - self.origin, self.convert(frame)))
+        self.reached = self.held[0][0]
+        return self.held[0]
+
+    def _seek(self, seconds):
+        self.container.seek(int((seconds + self.origin) / self.stream.time_base), backward=True, stream=self.stream)
+        self.packets, self.held = self.container.demux(self.stream), collections.deque()
+
+    def span(self, span_start, span_end):
+        target = max(0.0, span_start - SEEK_MARGIN_S)
+        if self.indexed:
+            seek = self.keyframes[max(0, bisect.bisect_right(self.keyframes, target) - 1)] > self.reached
+        else:
+            seek = target - self.reached > SEEK_MIN_GAP_S
+        if seek:
+            self._seek(target)
+            first = self._peek()
+            if first is not None and first[0] > span_start:  # landed past the span (a poor index): from the top
+                self._seek(0.0)
+        while (item := self._peek()) is not None and item[0] < span_end:
+            if item[0] + self.duration(item[1]) > span_end:
+                yield item  # stays held for the next span
+                return
+            self.held.popleft()
+            yield item
+
+    def close(self):
+        self.container.close()
+
+
 def write_reel(source, segments, out_path):
-    """Re-encode the segments' frames and audio (end inclusive, whole seconds) back to back into one mp4,
-    demuxing and decoding once, so memory does not grow with the video's length."""
-    spans = np.array([(s["start"], s["end"] + 1) for s in segments], dtype=float).reshape(-1, 2)
+    """Re-encode the segments' frames and audio (end inclusive, whole seconds) back to back into one mp4.
+    Video and audio are each read span by span from their own container (_SpanReader: seeking, so a short
+    reel of a long video decodes little of it); memory does not grow with the video's length."""
+    spans = sorted((float(s["start"]), float(s["end"] + 1)) for s in segments)
     tmp_path = out_path.with_name(f".{out_path.name}.tmp.mp4")
     with _open_container(source) as container:
-        video_in = container.streams.video[0] if container.streams.video else None
-        audio_in = container.streams.audio[0] if container.streams.audio else None
-        if video_in is None:
+        if not container.streams.video:
             raise MediaError(source, "no video stream")
-        video_in.thread_type = "AUTO"
-        rate = video_in.average_rate or video_in.guessed_rate or 25
+        video_in, has_audio = container.streams.video[0].codec_context, bool(container.streams.audio)
+        rate = container.streams.video[0].average_rate or container.streams.video[0].guessed_rate or 25
+        audio_in = container.streams.audio[0].codec_context if has_audio else None
+    video = _SpanReader(source, "video", convert=lambda frame: frame, duration=lambda frame: 0.0)
+    audio = None
+    try:
         with av.open(str(tmp_path), mode="w") as output:
             video_out = output.add_stream("libx264", rate=rate)
-            video_out.width, video_out.height = video_in.codec_context.width // 2 * 2, video_in.codec_context.height // 2 * 2
-            video_out.pix_fmt, video_out.options = "yuv420p", {"crf": "23", "preset": "veryfast"}
-            audio_out = resampler = None
-            if audio_in is not None:
-                layout = "mono" if audio_in.codec_context.channels == 1 else "stereo"
-                audio_out = output.add_stream("aac", rate=audio_in.codec_context.sample_rate)
+            video_out.width, video_out.height = video_in.width // 2 * 2, video_in.height // 2 * 2
+            video_out.pix_fmt, video_out.options = "yuv420p", {"crf": "23", "preset": REEL_PRESET}
+            if has_audio:
+                layout = "mono" if audio_in.channels == 1 else "stereo"
+                audio_out = output.add_stream("aac", rate=audio_in.sample_rate)
                 audio_out.layout = layout
-                resampler = av.AudioResampler(format="fltp", layout=layout, rate=audio_in.codec_context.sample_rate)
+                resampler = av.AudioResampler(format="fltp", layout=layout, rate=audio_in.sample_rate)
+                audio = _SpanReader(source, "audio", duration=lambda samples: samples.shape[1] / audio_in.sample_rate,
+                                    convert=lambda frame: np.concatenate(  # (channels, n) fltp
+                                        [plain.to_ndarray() for plain in resampler.resample(frame)], axis=1))
             frames_written = samples_written = 0
-            origin = {stream: float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-                      for stream in (video_in, audio_in) if stream is not None}
-            for packet in container.demux(*origin):
-                for frame in packet.decode():
-                    if frame.pts is None:
-                        continue
-                    start = float(frame.pts * frame.time_base) - origin[packet.stream]
-                    if packet.stream is video_in:
-                        if ((spans[:, 0] <= start) & (start < spans[:, 1])).any():
-                            picture = frame.reformat(width=video_out.width, height=video_out.height, format="yuv420p")
-                            picture.pts, picture.time_base = frames_written, 1 / rate
-                            output.mux(video_out.encode(picture))
-                            frames_written += 1
-                        continue
-                    for plain in resampler.resample(frame):
-                        samples = plain.to_ndarray()  # (channels, n) fltp
-                        times = start + np.arange(samples.shape[1]) / plain.sample_rate
-                        keep = ((spans[:, :1] <= times) & (times < spans[:, 1:])).any(0)
-                        if keep.any():
-                            kept = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, keep]), format="fltp", layout=audio_out.layout.name)
-                            kept.sample_rate, kept.pts = plain.sample_rate, samples_written
-                            output.mux(audio_out.encode(kept))
-                            samples_written += int(keep.sum())
+            for span_start, span_end in spans:
+                for start, frame in video.span(span_start, span_end):
+                    if start >= span_start:
+                        picture = frame.reformat(width=video_out.width, height=video_out.height, format="yuv420p")
+                        picture.pts, picture.time_base = frames_written, 1 / rate
+                        output.mux(video_out.encode(picture))
+                        frames_written += 1
+                for start, samples in audio.span(span_start, span_end) if audio is not None else ():
+                    times = start + np.arange(samples.shape[1]) / audio_in.sample_rate
+                    keep = (span_start <= times) & (times < span_end)
+                    if keep.any():
+                        kept = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, keep]), format="fltp", layout=layout)
+                        kept.sample_rate, kept.pts = audio_in.sample_rate, samples_written
+                        output.mux(audio_out.encode(kept))
+                        samples_written += int(keep.sum())
             output.mux(video_out.encode(None))
-            if audio_out is not None:
+            if audio is not None:
                 output.mux(audio_out.encode(None))
+    finally:
+        video.close()
+        if audio is not None:
+            audio.close()
     tmp_path.replace(out_path)
     return out_path
 

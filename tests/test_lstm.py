@@ -190,3 +190,19 @@ def test_lengths_as_list_and_truncated_batch():
     check_parity("lstm", ours, reference, make_input(True), [4, 2, 4, 3])
     output, _ = ours(make_input(True), lengths=[4, 4, 4, 4])
     assert torch.equal(output[:, 4:], torch.zeros_like(output[:, 4:]))
+
+
+@pytest.mark.parametrize("num_layers, bidirectional, batch_first", CONFIGS)
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+def test_no_grad_inference_path_matches_torch(num_layers, bidirectional, batch_first, lengths):
+    """Under torch.no_grad() the LSTM runs its lean inference loop (_lstm_infer): outputs and final states must
+    still equal nn.LSTM's, with an initial state and with padding."""
+    torch.manual_seed(9)
+    ours, reference = make_pair("lstm", num_layers, bidirectional, batch_first)
+    x = make_input(batch_first)
+    state = tuple(torch.randn(num_layers * (2 if bidirectional else 1), BATCH, HIDDEN, dtype=torch.float64) for _ in range(2))
+    with torch.no_grad():
+        output, (h_n, c_n) = ours(x, lengths=lengths, state=state)
+        torch_output, (torch_h, torch_c) = run_reference(reference, x, lengths, state)
+    for ours_tensor, torch_tensor in ((output, torch_output), (h_n, torch_h), (c_n, torch_c)):
+        torch.testing.assert_close(ours_tensor, torch_tensor, atol=1e-12, rtol=0)
