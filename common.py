@@ -100,6 +100,42 @@ def cleanup_distributed(dist):
         torch.distributed.destroy_process_group()
 
 
+def barrier(dist):
+    """Wait for every rank (no-op in a single process)."""
+    if dist.enabled:
+        torch.distributed.barrier()
+
+
+def broadcast_object(dist, value):
+    """Rank 0's `value` on every rank (e.g. the run folder rank 0 created)."""
+    if not dist.enabled:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def rank_share(items, dist):
+    """This rank's strided share of `items` (all of them in a single process): extraction shards and batch shards."""
+    return list(items)[dist.rank::dist.world_size]
+
+
+def global_mean(loss_sum, count, dist):
+    """Per-rank loss such that DDP's gradient average equals the gradient of sum / count over the GLOBAL batch,
+    also when the ranks hold different numbers of items (dialogues of different lengths, masked seconds):
+    loss_sum * world_size / (count summed over the ranks). In one process: loss_sum / count."""
+    count = torch.as_tensor(count, dtype=torch.float32, device=loss_sum.device).detach().clone()
+    if dist.enabled:
+        torch.distributed.all_reduce(count)
+    return loss_sum * dist.world_size / count.clamp_min(1e-12)
+
+
+def autocast(device, enabled):
+    """bf16 autocast of the forward pass when `enabled` (--amp); a no-op context otherwise. Meant for CUDA
+    (tensor cores); on the CPU it runs too, mostly slower, and is there for testing the code path."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(enabled))
+
+
 def atomic_write(path, write, *, binary=True):
     """Write through `write(file)` into a temp file beside `path`, then rename it over `path`, so a crash
     never leaves a half-written file. Raises InputError naming the path when the folder is not writable."""
@@ -163,21 +199,24 @@ def numpy_rng_state():
 def save_training_state(path, *, model, optimizer, scheduler, epoch, best_score, best_epoch, ema=None):
     """last.pt for --resume: weights, optimizer, OneCycle/LR scheduler, torch and numpy RNG, the selection state
     and, when given, a weight-averaging model (torch.optim.swa_utils.AveragedModel)."""
-    save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict() if scheduler is not None else None,
                            "rng": torch.get_rng_state(), "numpy_rng": numpy_rng_state(),
                            "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
-                           "total_steps": scheduler.total_steps, "ema": ema.state_dict() if ema is not None else None})
+                           "total_steps": scheduler.total_steps if scheduler is not None else None,
+                           "ema": ema.state_dict() if ema is not None else None})
 
 
 def resume_training_state(path, *, model, optimizer, scheduler, ema=None):
     """Restore what save_training_state wrote; returns (start_epoch, best_score, best_epoch). The schedule
     must be the interrupted run's (same --epochs and --batch-size), or resuming would silently change it."""
     state = load_checkpoint(path)
-    if state["total_steps"] != scheduler.total_steps:
+    if scheduler is not None and state["total_steps"] != scheduler.total_steps:
         raise InputError(f"{path}: --resume needs the interrupted run's --epochs and --batch-size")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    if scheduler is not None:  # scheduler=None: a run with a constant learning rate
+        scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     if state.get("numpy_rng") is not None:
         keys_and_position = state["numpy_rng"].numpy()

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, classification_report,
+from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, classification_report,
                     cleanup_distributed, format_table, load_checkpoint, make_run_dir, parse_ids, progress,
                     resolve_device, resume_training_state, run_main, save_checkpoint, save_training_state,
                     seed_everything, setup_distributed, write_json)
@@ -41,6 +41,7 @@ from preprocess.media import MediaError, load_audio, read_frames
 from preprocess.ravdess import EMOTIONS, FOUR_CLASSES, read_manifest, scan_ravdess
 
 SAMPLE_RATE = 16000
+MIN_AUDIO_SAMPLES = SAMPLE_RATE // 4  # shorter clips are zero-padded (masked by their lengths) for the encoders' pooling
 
 
 def build_parser():
@@ -79,7 +80,8 @@ def build_parser():
     train.add_argument("--mixup", type=float, default=0.0, help="mixup: each batch is mixed with a shuffled copy of itself (waveforms, frames and labels) at a ratio drawn from Beta(A, A); 0 = off (default %(default)s)")
     train.add_argument("--ema", type=float, default=0.0, help="evaluate and keep an exponential moving average of the weights with this decay per step (e.g. 0.99); 0 = off (default %(default)s)")
     train.add_argument("--select", default="accuracy", choices=["accuracy", "macro_f1"], help="validation metric that picks the checkpoint (default %(default)s)")
-    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default %(default)s)")
+    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes: reading and cropping the cached clips overlaps the model's compute (default %(default)s)")
+    train.add_argument("--amp", action="store_true", help="bf16 autocast of the forward passes (for CUDA; runs on the CPU too, slower)")
     run = parser.add_argument_group("Run")
     run.add_argument("--out", help="run folder (default: a new runs/av/NNN)")
     run.add_argument("--resume", action="store_true", help="continue each split from its last.pt in --out (a finished fold is only re-evaluated)")
@@ -138,13 +140,13 @@ class TrialDataset(Dataset):
     def __getitem__(self, index):
         item, paths = {"label": self.label_ids[index]}, self.cache_paths[self.trials[index].key]
         if "audio" in paths:
-            wave = trim(np.load(paths["audio"], mmap_mode="r"), self.args.trim_db)
+            wave = trim(np.load(paths["audio"], mmap_mode="r", allow_pickle=False), self.args.trim_db)
             wave = crop(wave, self.args.max_audio_seconds, at_random=self.training)
             if self.training and self.args.train_crop_seconds > 0:
                 wave = crop(wave, self.args.train_crop_seconds, at_random=True)
             item["audio"] = torch.from_numpy(np.array(wave, dtype=np.float32))
         if "frames" in paths:
-            frames = np.load(paths["frames"], mmap_mode="r")
+            frames = np.load(paths["frames"], mmap_mode="r", allow_pickle=False)
             if len(frames) > self.args.max_frames:
                 frames = frames[np.linspace(0, len(frames) - 1, self.args.max_frames).round().astype(int)]
             item["frames"] = torch.from_numpy(np.array(frames))
@@ -156,7 +158,8 @@ def collate(items):
     for key, length_key in (("audio", "audio_lengths"), ("frames", "frame_lengths")):
         if key in items[0]:
             lengths = torch.tensor([len(item[key]) for item in items])
-            padded = items[0][key].new_zeros((len(items), int(lengths.max()), *items[0][key].shape[1:]))
+            width = max(int(lengths.max()), MIN_AUDIO_SAMPLES if key == "audio" else 1)  # the encoders' pooling needs some length
+            padded = items[0][key].new_zeros((len(items), width, *items[0][key].shape[1:]))
             for row, item in enumerate(items):
                 padded[row, :len(item[key])] = item[key]
             batch[key], batch[length_key] = padded, lengths
@@ -233,11 +236,13 @@ def to_device(batch, device):
 
 
 @torch.no_grad()
-def predict_probabilities(model, loader, device):
+def predict_probabilities(model, loader, device, *, amp=False):
     model.eval()
     probabilities, labels = [], []
     for batch in loader:
-        probabilities.append(model(to_device(batch, device)).float().softmax(-1).cpu())
+        with autocast(device, amp):
+            logits = model(to_device(batch, device))
+        probabilities.append(logits.float().softmax(-1).cpu())
         labels.append(batch["label"])
     return torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
 
@@ -254,7 +259,8 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
     train_loader = DataLoader(datasets["train"], batch_size=max(1, args.batch_size // dist.world_size), shuffle=sampler is None,
                               sampler=sampler, generator=generator, collate_fn=collate, num_workers=args.workers,
                               pin_memory=device.type == "cuda", drop_last=len(datasets["train"]) > args.batch_size)
-    eval_loaders = {part: DataLoader(datasets[part], batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
+    eval_loaders = {part: DataLoader(datasets[part], batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers,
+                                     pin_memory=device.type == "cuda")
                     for part in ("val", "test") if split[part]}
     model = build_model(vars(args), len(class_names)).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -281,7 +287,9 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
             targets = F.one_hot(batch["label"], len(class_names)).float()
             if args.mixup > 0:
                 batch, targets = mix_batch(batch, targets, float(np.random.beta(args.mixup, args.mixup)))
-            loss = F.cross_entropy(train_model(batch), targets, label_smoothing=args.label_smoothing)
+            with autocast(device, args.amp):
+                logits = train_model(batch)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -291,7 +299,7 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
             loss_sum += loss.item()
         if dist.is_main:
             if "val" in eval_loaders:
-                val_probabilities, val_labels = predict_probabilities(evaluated, eval_loaders["val"], device)
+                val_probabilities, val_labels = predict_probabilities(evaluated, eval_loaders["val"], device, amp=args.amp)
                 val = classification_report(val_labels, val_probabilities.argmax(1), class_names=class_names)
             else:  # no validation split: the last epoch of the fixed schedule is the model
                 val = {"accuracy": float("nan"), "macro_f1": float("nan"), args.select: float(epoch)}
@@ -316,7 +324,7 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
     test_probabilities, test_labels = np.zeros((0, len(class_names))), np.zeros(0, dtype=int)
     for part in ("val", "test"):
         if part in eval_loaders:
-            probabilities, labels = predict_probabilities(model, eval_loaders[part], device)
+            probabilities, labels = predict_probabilities(model, eval_loaders[part], device, amp=args.amp)
             metrics[part] = classification_report(labels, probabilities.argmax(1), class_names=class_names,
                                                   train_labels=datasets["train"].label_ids)
             metrics[part]["groups"] = sorted({t.group for t in split[part]})
@@ -343,7 +351,7 @@ def predict_files(args):
         if "a" in settings["modalities"]:
             wave = load_audio(path, sample_rate=SAMPLE_RATE).numpy()
             wave = torch.from_numpy(np.array(crop(trim(wave, settings.get("trim_db", 0)), settings["max_audio_seconds"], at_random=False)))
-            item.update(audio=wave[None], audio_lengths=torch.tensor([len(wave)]))
+            item.update(audio=F.pad(wave, (0, max(0, MIN_AUDIO_SAMPLES - len(wave))))[None], audio_lengths=torch.tensor([len(wave)]))
         if "v" in settings["modalities"]:
             frames = read_frames(path, fps=settings["video_fps"], size=settings["frame_size"], center_crop=True)[1]
             frames = frames[np.linspace(0, len(frames) - 1, min(len(frames), settings["max_frames"])).round().astype(int)]

@@ -35,6 +35,8 @@ cli.py defaults differ (-ep and -bs required, -es 5, --trans-dim 512, --trans-nl
 import argparse
 import functools
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics as skm
 
-from common import (InputError, best_f1_threshold, classification_report, cleanup_distributed, format_table, load_checkpoint,
+from common import (InputError, autocast, best_f1_threshold, classification_report, cleanup_distributed, format_table, load_checkpoint,
                     make_run_dir, progress, resolve_device, run_main, save_checkpoint, seed_everything, setup_distributed, write_json)
 from models.fv2es import MME2E, HandCrafted, normalise_faces
 from models.repvgg import fuse_repvgg
@@ -116,6 +118,7 @@ def build_parser():
     logistics.add_argument("-cu", "--cuda", default="0", help="GPU index when --device resolves to CUDA (default %(default)s)")
     logistics.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
     logistics.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default %(default)s)")
+    logistics.add_argument("--amp", action="store_true", help="bf16 autocast of the forward passes (for CUDA; runs on the CPU too, slower)")
     logistics.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser
 
@@ -147,7 +150,10 @@ class Utterances(torch.utils.data.Dataset):
         suffix = f"_{item.side}" if item.side else ""
         cached = item.folder / f"faces{suffix}.npy"
         if cached.is_file():
-            return np.load(cached, allow_pickle=False)
+            try:
+                return np.load(cached, allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                pass  # cut short or corrupt: crop the jpgs again (into --cache) below
         images = sorted(item.folder.glob(f"image{suffix}_*.jpg"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
         if not images:
             raise InputError(f"{item.folder}: no faces{suffix}.npy or image{suffix}_*.jpg")
@@ -165,11 +171,16 @@ class Utterances(torch.utils.data.Dataset):
             path = self.hcf_dir / f"{item.id}.npz"
             if not path.is_file():
                 raise InputError(f"{path}: hand-crafted features not found (python -m preprocess.{self.args.dataset} writes them)")
-            with np.load(path, allow_pickle=False) as saved:
-                sample["hcf"] = {m: saved[m] for m in self.args.modalities}
+            try:
+                with np.load(path, allow_pickle=False) as saved:
+                    sample["hcf"] = {m: saved[m] for m in self.args.modalities}
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+                raise InputError(f"{path}: unreadable hand-crafted features ({type(error).__name__}: {str(error)[:100]})") from None
             for m, size in zip("tav", self.args.hfc_sizes):
                 if m in sample["hcf"] and sample["hcf"][m].shape[1] != size:
                     raise InputError(f"{path}: {m} features are {sample['hcf'][m].shape[1]}-d but --hfc-sizes says {size}")
+                if m in sample["hcf"] and not np.isfinite(sample["hcf"][m]).all():
+                    raise InputError(f"{path}: {m} features hold NaN or inf")
             return sample
         if "v" in self.args.modalities:
             sample["faces"] = self.faces(item)
@@ -209,9 +220,9 @@ def to_device(batch, device):
         if isinstance(value, dict):
             moved[key] = to_device(value, device)
         elif isinstance(value, tuple):
-            moved[key] = tuple(v.to(device) for v in value)
+            moved[key] = tuple(v.to(device, non_blocking=True) for v in value)
         else:
-            moved[key] = value.to(device)
+            moved[key] = value.to(device, non_blocking=True)  # asynchronous from the loaders' pinned batches on CUDA
     if "faces" in moved:
         moved["faces"] = normalise_faces(moved["faces"])
     return moved
@@ -259,7 +270,8 @@ def predict_scores(model, loader, args, device):
     model.eval()
     all_labels, all_scores, all_ids = [], [], []
     for batch, labels, ids in loader:
-        logits = model(to_device(batch, device)).float()
+        with autocast(device, getattr(args, "amp", False)):
+            logits = model(to_device(batch, device)).float()
         all_scores.append((logits.softmax(-1) if args.loss == "ce" else logits.sigmoid()).cpu().numpy())
         all_labels.append(labels.numpy())
         all_ids += ids
@@ -461,7 +473,8 @@ def loaders(items, splits, args, dist=None):
         sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed) if training and sharded else None
         made[split] = torch.utils.data.DataLoader(dataset, batch_size=max(1, args.batch_size // dist.world_size) if training and sharded else args.batch_size,
                                                   shuffle=training and sampler is None, sampler=sampler, collate_fn=collate_fn,
-                                                  num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed))
+                                                  num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed),
+                                                  pin_memory=args.device != "cpu" and torch.cuda.is_available())
     return made
 
 
@@ -491,6 +504,8 @@ def check_args(args):
         raise InputError("--num-emotions: both datasets have 6 emotion labels")
     if args.model != "mme2e":
         args.hand_crafted = True
+    if getattr(args, "amp", False) and args.model == "lf_rnn":
+        raise InputError("--amp: the lf_rnn model's LSTM (models/lstm.py) runs in float32 only; drop --amp for it")
 
 
 def train(args, device):
@@ -536,7 +551,9 @@ def train(args, device):
         reseed_for_epoch(data["train"], args.seed, epoch)
         started, loss_sum = time.time(), 0.0
         for batch, labels, _ in progress(data["train"], enabled=dist.is_main, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False):
-            loss = compute_loss(train_model(to_device(batch, device)), labels.to(device), args, pos_weight)
+            with autocast(device, args.amp):
+                logits = train_model(to_device(batch, device))
+            loss = compute_loss(logits.float(), labels.to(device, non_blocking=True), args, pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if args.clip > 0:
@@ -610,7 +627,7 @@ def evaluate_checkpoint(cli, device):
     return metrics
 
 
-def merged_args(saved, cli, keep=("datapath", "device", "cuda", "cache", "batch_size", "workers", "mtcnn")):
+def merged_args(saved, cli, keep=("datapath", "device", "cuda", "cache", "batch_size", "workers", "mtcnn", "amp")):
     args = argparse.Namespace(**saved)
     explicit = {k: v for k, v in vars(cli).items() if k in keep and v != build_parser().get_default(k)}
     for key, value in explicit.items():

@@ -30,6 +30,8 @@ training accuracy; always-neutral scores mid-80s).
 import csv
 import hashlib
 import json
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, classification_report,
+from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, classification_report, global_mean,
                     cleanup_distributed, format_table, load_checkpoint, make_run_dir, parse_ids, progress,
                     resolve_device, resume_training_state, run_main, save_checkpoint, save_training_state,
                     seed_everything, setup_distributed, write_json)
@@ -86,6 +88,7 @@ def build_parser():
     train.add_argument("--select", default="macro_f1", choices=["macro_f1", "accuracy"], help="validation metric that picks each "
                        "stage's checkpoint; macro-F1 because ~85%% of KEMDy20 is neutral (default %(default)s)")
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for the encoders (default %(default)s)")
+    train.add_argument("--amp", action="store_true", help="bf16 autocast of the encoders' training forward pass (for CUDA; runs on the CPU too, slower)")
     run = parser.add_argument_group("Run")
     run.add_argument("--out", help="run folder shared by all stages: give the same one to each --stage (default: a new runs/gnn/NNN)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted training stage from its *_last.pt; skip finished ones")
@@ -99,10 +102,14 @@ def load_cached(path, key):
     """The arrays of an .npz written by save_cached with the same key, else None."""
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as stored:
-        if "key" not in stored or str(stored["key"]) != json.dumps(key, sort_keys=True):
-            return None
-        return {name: stored[name] for name in stored.files if name != "key"}
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if "key" not in stored or str(stored["key"]) != json.dumps(key, sort_keys=True):
+                return None
+            return {name: stored[name] for name in stored.files if name != "key"}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):  # cut short or corrupt: rebuilt
+        print(f"{path}: unreadable cache, rebuilding it")
+        return None
 
 
 def save_cached(path, key, arrays):
@@ -123,8 +130,11 @@ def prepare_nodes(args, run_dir):
     13-MFCC of every utterance with nodes, concatenated (13, frames); plus utterances.csv and failures.csv."""
     if not args.data:
         if (run_dir / "nodes.npz").is_file():
-            with np.load(run_dir / "nodes.npz", allow_pickle=False) as stored:
-                return {name: stored[name] for name in stored.files if name != "key"}
+            try:
+                with np.load(run_dir / "nodes.npz", allow_pickle=False) as stored:
+                    return {name: stored[name] for name in stored.files if name != "key"}
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+                raise InputError(f"{run_dir / 'nodes.npz'}: unreadable (cut short?); give --data KEMDy20_DIR to rebuild it") from None
         raise InputError(f"{run_dir / 'nodes.npz'}: not built yet; give --data KEMDy20_DIR")
     key = {"data": str(Path(args.data).resolve()), "drop_neutral_ties": args.drop_neutral_ties, "frames": AUDIO_FRAMES}
     cached = load_cached(run_dir / "nodes.npz", key)
@@ -280,8 +290,9 @@ def stage_encoders(nodes, split, args, run_dir, device, dist):
 
     def loss_of(batch):
         eda, temp, coefficients, labels = (part.to(device, non_blocking=True) for part in batch)
-        logits, _ = train_model(eda, temp, coefficients)
-        return sum(F.cross_entropy(head, labels) for head in logits.values())  # four CEs on logits
+        with autocast(device, args.amp):
+            logits, _ = train_model(eda, temp, coefficients)
+        return sum(F.cross_entropy(head.float(), labels) for head in logits.values())  # four CEs on logits
 
     def evaluate():
         logits, _ = encode(model, nodes, split["val"], device)
@@ -391,7 +402,9 @@ def stage_gnn(nodes, split, features, graphs, args, run_dir, device, dist):
     def loss_of(batch):
         x, edges, attr, batch_labels, _ = batch_blocks(batch, graphs, features, labels)
         logits = train_model(x.to(device), edges.to(device), attr.to(device))
-        return F.cross_entropy(logits, batch_labels.to(device))  # on logits: the seed applied softmax twice
+        # on logits (the seed applied softmax twice); the mean over the nodes of the GLOBAL batch of blocks, whose
+        # ranks' shares hold different numbers of nodes
+        return global_mean(F.cross_entropy(logits, batch_labels.to(device), reduction="sum"), len(batch_labels), dist)
 
     def evaluate():
         ids, probabilities = predict_nodes(model, blocks["val"], graphs, features, labels, device, args.gnn_batch_size)

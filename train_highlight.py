@@ -12,25 +12,30 @@
 3. Predict on any video (streaming, any length): scores.csv, segments.json, reel.mp4, report.html:
     python train_highlight.py --predict video.mp4 --ckpt runs/highlight/av/model.pt --out runs/highlight/pred --top-k 5
 `make highlight` runs the whole chain on a synthetic demo set; `make highlight DATA=/path/to/aihub` on real data.
+Several processes or GPUs (DDP for step 2; each global --batch-size batch of chunks is split over the processes,
+the per-video features are extracted in per-rank shards into the shared --cache first, rank 0 writes the run):
+    torchrun --nproc_per_node=2 train_highlight.py --data AIHUB/ --probes runs/highlight/probes/probes.pt -mod av
 
 Run folder: args.json, failures.csv, split.json (videos per split), model.pt (best validation AP; carries the
-probes, feature statistics and the validation-best threshold), metrics.json. Metrics are per second on the
+probes, feature statistics and the validation-best threshold), last.pt (--resume), metrics.json. Metrics are per second on the
 test videos, against the OR of the annotators: F1 at 0.3 (the seed's) and at the validation-best threshold,
 AP, AUROC, and the all-positive F1 beside them; per category too.
 """
 import csv
 import hashlib
 import json
-import math
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, best_f1_threshold, binary_report,
+from common import (InputError, add_logistics_args, argument_parser, atomic_write, barrier, best_f1_threshold,
+                    binary_report, broadcast_object, cleanup_distributed, global_mean, rank_share, setup_distributed,
                     classification_report, format_table, load_checkpoint, make_run_dir, progress, resolve_device,
-                    run_main, save_checkpoint, seed_everything, write_json)
+                    resume_training_state, run_main, save_checkpoint, save_training_state, seed_everything, write_json)
 from models.highlight import EmotionProbe, FrameCNN, HighlightModel
 from preprocess.aihub import chunk_bounds, scan_aihub
 from preprocess.highlight_features import Encoders, fit_length, iter_windows, probe_utterances, video_features, window_stats
@@ -65,11 +70,12 @@ def build_parser():
     model.add_argument("--dropout", type=float, default=0.2, help="(default %(default)s)")
     train = parser.add_argument_group("Training")
     train.add_argument("--epochs", type=int, default=40, help="(default %(default)s)")
-    train.add_argument("--batch-size", type=int, default=8, help="chunks per batch (default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=8, help="global chunks per batch, split over the torchrun processes (default %(default)s)")
     train.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default %(default)s)")
     train.add_argument("--weight-decay", type=float, default=1e-2, help="(default %(default)s)")
     run = parser.add_argument_group("Run")
     run.add_argument("--out", help="run folder (default: a new runs/highlight/NNN); for --predict the output folder")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted training run from last.pt in --out (same flags)")
     run.add_argument("--compare", nargs="+", metavar="RUN", help="print the test metrics of these run folders side by side")
     run.add_argument("--predict", metavar="VIDEO", help="score every second of this video with --ckpt")
     run.add_argument("--ckpt", help="model.pt of a trained run, for --predict")
@@ -186,28 +192,46 @@ def split_videos(videos, args):
     return split
 
 
+def to_device(tensors, device):
+    """Host tensors -> device; page-locked first on CUDA so the copies are asynchronous."""
+    return {k: (v.pin_memory() if device.type == "cuda" else v).to(device, non_blocking=True) for k, v in tensors.items()}
+
+
 def train(args):
     device = resolve_device(args.device)
+    dist = setup_distributed(device)
     seed_everything(args.seed)
     videos, problems = scan_aihub(args.data)
-    run_dir = make_run_dir(args.out, args, default_root="runs/highlight")
+    run_dir = Path(broadcast_object(dist, str(make_run_dir(args.out, args, default_root="runs/highlight")) if dist.is_main else None))
     probe_state = load_checkpoint(args.probes) if args.probes else None
     settings = {**vars(args), "probes_sha1": hashlib.sha1(Path(args.probes).read_bytes()).hexdigest() if args.probes else None}
     encoders = Encoders(settings, probe_state)
+    if dist.enabled:  # each rank extracts its share of the videos into the shared --cache; below, all read every video
+        for video in progress(rank_share(videos, dist), enabled=dist.is_main, desc="features (this rank's share)", leave=False):
+            try:
+                video_features(video.path, encoders, settings)
+            except MediaError:
+                pass  # recorded in failures.csv below
+        barrier(dist)
     features, failures = {}, [(str(path), reason) for path, reason in problems]
-    for video in progress(videos, desc="features", leave=False):
+    for video in progress(videos, enabled=dist.is_main, desc="features", leave=False):
         try:
-            features[video.stem] = {key: fit_length(value, len(video.labels()))
-                                    for key, value in video_features(video.path, encoders, settings).items()}
+            computed, length = video_features(video.path, encoders, settings), len(video.labels())
+            for value in computed.values():  # labels for seconds the video lacks would be padded with made-up features
+                if abs(len(value) - length) > max(2, 0.05 * length):
+                    raise MediaError(video.path, f"{len(value)} s of media but its label files say {video.length_s:g} s")
+            features[video.stem] = {key: fit_length(value, length) for key, value in computed.items()}
         except MediaError as error:
             failures.append((str(video.path), str(error)))
-    atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("file", "problem"), *failures]), binary=False)
+    if dist.is_main:
+        atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("file", "problem"), *failures]), binary=False)
     videos = [v for v in videos if v.stem in features]
     if not videos:
         raise InputError(f"{args.data}: no usable labelled videos (see {run_dir / 'failures.csv'})")
     split = split_videos(videos, args)
-    write_json(run_dir / "split.json", {part: [{"stem": v.stem, "category": v.category, "path": str(v.path)} for v in members]
-                                        for part, members in split.items()})
+    if dist.is_main:
+        write_json(run_dir / "split.json", {part: [{"stem": v.stem, "category": v.category, "path": str(v.path)} for v in members]
+                                            for part, members in split.items()})
     stats = {}
     for key, name in (("audio", "audio"), ("images", "image")):
         if key in features[videos[0].stem] and features[videos[0].stem][key].dtype != np.uint8:
@@ -219,31 +243,49 @@ def train(args):
     train_labels = torch.cat([labels for _, labels in train_items])
     pos_weight = (len(train_labels) - train_labels.sum()) / train_labels.sum().clamp_min(1.0)
     model = build_model(settings).to(device)
+    train_model = DistributedDataParallel(model) if dist.enabled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     settings = {key: value for key, value in settings.items() if key not in ("data", "out", "compare", "predict", "ckpt")}
     checkpoint_info = {"settings": settings, "stats": stats, "probes": probe_state}
-    best_ap, best_epoch = -1.0, 0
-    generator = torch.Generator().manual_seed(args.seed)
-    for epoch in range(args.epochs):
-        model.train()
-        loss_sum = 0.0
-        order = torch.randperm(len(train_items), generator=generator).tolist()
+    start_epoch, best_ap, best_epoch = 0, -1.0, 0
+    if args.resume and (run_dir / "last.pt").is_file():
+        start_epoch, best_ap, best_epoch = resume_training_state(run_dir / "last.pt", model=model, optimizer=optimizer, scheduler=None)
+    generator = torch.Generator()
+    for epoch in range(start_epoch, args.epochs):
+        train_model.train()
+        loss_sum, batches = 0.0, 0
+        generator.manual_seed(args.seed + epoch)  # each epoch's order from the seed alone, so --resume replays it
+        order = torch.randperm(len(train_items), generator=generator).tolist()  # the same global order on every rank
         for first in range(0, len(order), args.batch_size):
-            picked = [train_items[i] for i in order[first:first + args.batch_size]]
-            batch = {k: v.to(device) for k, v in collate([inputs for inputs, _ in picked]).items()}
-            targets = collate([{"y": labels} for _, labels in picked])["y"].to(device)
+            global_batch = order[first:first + args.batch_size]
+            if len(global_batch) < dist.world_size:
+                continue  # under torchrun: too few chunks left to give every rank one
+            picked = [train_items[i] for i in rank_share(global_batch, dist)]  # this rank's share of the global batch
+            batch = to_device(collate([inputs for inputs, _ in picked]), device)
+            targets = to_device(collate([{"y": labels} for _, labels in picked]), device)["y"]
             mask = torch.arange(targets.shape[1], device=device)[None] < batch["lengths"][:, None]
-            logits = model(**batch)
-            loss = F.binary_cross_entropy_with_logits(logits[mask], targets[mask], pos_weight=pos_weight.to(device))
+            logits = train_model(**batch)
+            # mean over the labelled seconds of the GLOBAL batch (the ranks' chunks differ in length)
+            loss = global_mean(F.binary_cross_entropy_with_logits(logits[mask], targets[mask], pos_weight=pos_weight.to(device),
+                                                                  reduction="sum"), mask.sum(), dist)
             optimizer.zero_grad(set_to_none=True), loss.backward(), optimizer.step()
-            loss_sum += loss.item()
+            loss_sum, batches = loss_sum + loss.item(), batches + 1  # rank 0's estimate of the global-batch loss
+        if not dist.is_main:
+            barrier(dist)  # rank 0 validates and writes
+            continue
         val_labels, val_scores = evaluate_scores(model, split["val"], features, stats, args.chunk_seconds)
         val_ap = np.nan_to_num(binary_report(val_labels, val_scores, thresholds={})["average_precision"], nan=0.0)  # nan: no positives
         if val_ap >= best_ap:  # ties go to the later epoch, whose scores are better calibrated
             best_ap, best_epoch = val_ap, epoch
             save_checkpoint(run_dir / "model.pt", {"model": model.state_dict(), "epoch": epoch, **checkpoint_info})
-        print(f"epoch {epoch + 1}: loss {loss_sum / max(1, math.ceil(len(order) / args.batch_size)):.3f}  val AP {val_ap:.3f}"
+        save_training_state(run_dir / "last.pt", model=model, optimizer=optimizer, scheduler=None, epoch=epoch,
+                            best_score=float(best_ap), best_epoch=best_epoch)
+        print(f"epoch {epoch + 1}: loss {loss_sum / max(1, batches):.3f}  val AP {val_ap:.3f}"
               f"{'  *' if epoch == best_epoch else ''}", flush=True)
+        barrier(dist)
+    cleanup_distributed(dist)
+    if not dist.is_main:
+        return None
     state = load_checkpoint(run_dir / "model.pt")
     model = build_model(settings)
     model.load_state_dict(state["model"])
@@ -291,10 +333,13 @@ def compare(runs):
         path = Path(run) / "metrics.json"
         if not path.is_file():
             raise InputError(f"{path}: no metrics.json (train that run first)")
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-        if "test" not in metrics:
-            raise InputError(f"{path}: this run has no test split to compare")
-        reports[{"av": "multimodal (av)", "a": "audio-only (a)", "v": "video-only (v)"}[metrics["modalities"]]] = metrics["test"]
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+            if "test" not in metrics:
+                raise InputError(f"{path}: this run has no test split to compare")
+            reports[{"av": "multimodal (av)", "a": "audio-only (a)", "v": "video-only (v)"}[metrics["modalities"]]] = metrics["test"]
+        except (ValueError, KeyError, TypeError) as error:  # cut short, or not ours (JSONDecodeError is a ValueError)
+            raise InputError(f"{path}: not a train_highlight.py metrics.json ({type(error).__name__}: {str(error)[:100]})") from None
     first = next(iter(reports.values()))
     reports["all-positive"] = {"n": first["n"], "positive_rate": first["positive_rate"],
                                **{k: first["all_positive_f1"] for k in ("f1@0.3", "f1@val_best", "all_positive_f1")}}
@@ -350,6 +395,8 @@ def predict(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if (args.compare or args.train_probes or args.predict) and int(os.environ.get("RANK", 0)) != 0:
+        return None  # single-process tasks: under torchrun rank 0 does them, the other ranks leave
     if args.compare:
         return compare(args.compare)
     if args.train_probes:

@@ -11,6 +11,10 @@ Per-utterance model (no dialogue context) with an SVM head fitted on the train f
 A tiny synthetic tree in the real layout (clips included):
     python -m preprocess.fixtures meld data/demo/meld
 
+Several processes or GPUs (DDP; each global --batch-size batch of dialogues is split over the processes, the clip
+features are extracted in per-rank shards into the shared --cache first, rank 0 writes the run folder):
+    torchrun --nproc_per_node=2 train_meld.py --data DIR -mod tav --text-encoder weights/all-MiniLM-L6-v2
+
 Features are computed once by frozen encoders and cached in --cache (atomic .npy files): text = mean-pooled,
 L2-normalised sentence embedding (with --text-finetune-epochs, of an encoder first fine-tuned on the train
 split only); audio = wav2vec2 mean (with --audio-model) + 25 MFCC means + 5 prosody values; video = the
@@ -30,7 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, classification_report, format_table,
+from torch.nn.parallel import DistributedDataParallel
+
+from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, barrier, broadcast_object,
+                    classification_report, cleanup_distributed, format_table, global_mean, rank_share, setup_distributed,
                     load_checkpoint, make_run_dir, progress, resolve_device, resume_training_state, run_main,
                     save_checkpoint, save_training_state, seed_everything, write_json)
 from models.meld_emotion import FrameEncoder, MELDEmotionClassifier, SentenceEncoder, Wav2Vec2Mean
@@ -59,6 +66,8 @@ def build_parser():
     features.add_argument("--text-max-length", type=int, default=128, help="tokens per utterance, longer ones are cut (default %(default)s)")
     features.add_argument("--audio-model", help="local wav2vec2 folder (e.g. wav2vec2-base-960h); adds its 768-d mean to the 25 MFCC means + 5 prosody values")
     features.add_argument("--video-weights", help="torchvision ResNet-50 ImageNet state dict (.pth or folder with resnet50*.pth); a seeded random ResNet-50 without it")
+    features.add_argument("--amp", action="store_true", help="bf16 autocast of the frozen encoders (text, wav2vec2, ResNet-50) while features are cached, "
+                          "under their own cache key; for CUDA (runs on the CPU too, slower). The small dialogue model trains in float32")
     features.add_argument("--video-fps", type=float, default=4.0, help="frames sampled per second before the entropy ranking (default %(default)s)")
     features.add_argument("--video-frames", type=int, default=10, help="frames of highest grayscale entropy kept per clip (default %(default)s)")
     features.add_argument("--frame-size", type=int, default=224, help="frames resized (shorter side) and centre-cropped to this square (default %(default)s)")
@@ -73,7 +82,7 @@ def build_parser():
     model.add_argument("--svm-c", type=float, default=1.0, help="SVM regularisation C (default %(default)s)")
     train = parser.add_argument_group("Training")
     train.add_argument("--epochs", type=int, default=20, help="(default %(default)s)")
-    train.add_argument("--batch-size", type=int, default=16, help="sequences per batch: dialogues, or utterances with --context none (default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=16, help="global sequences per batch: dialogues, or utterances with --context none; split over the torchrun processes (default %(default)s)")
     train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW with a one-cycle schedule (default %(default)s)")
     train.add_argument("--weight-decay", type=float, default=1e-2, help="(default %(default)s)")
     train.add_argument("--class-weights", default="sqrt", choices=sorted(CLASS_WEIGHTS), help="cross-entropy class weights from train counts: inverse frequency, its square root, or none (default %(default)s)")
@@ -86,13 +95,14 @@ def build_parser():
 
 # ---------------------------------------------------------------- data and features
 
-def load_splits(data_dir):
-    """{split: [Utterance]} for the splits whose CSV exists; train and dev are required."""
+def load_splits(data_dir, problems=None):
+    """{split: [Utterance]} for the splits whose CSV exists; train and dev are required. Rows that do not parse
+    are skipped and appended to `problems` (raised when it is None)."""
     if not Path(data_dir).is_dir():
         raise InputError(f"--data {data_dir}: not a folder")
     splits = {}
     for split in ("train", "dev", "test"):
-        rows = read_split(data_dir, split)
+        rows = read_split(data_dir, split, problems)
         if rows is None:
             if split != "test":
                 raise InputError(f"{Path(data_dir) / SPLIT_CSV[split]}: not found (train and dev CSVs are required)")
@@ -123,6 +133,8 @@ class TextFeatures:
         self.settings = {"text_encoder": file_fingerprint(args.text_encoder), "max_length": args.text_max_length}
         if args.text_context:
             self.settings["context"] = args.text_context
+        if args.amp:
+            self.settings["amp"] = "bf16"
         if args.text_finetune_epochs:
             self.settings["finetune"] = {"epochs": args.text_finetune_epochs, "lr": args.text_finetune_lr, "seed": args.seed,
                                          "class_weights": args.class_weights, "train_csv": file_fingerprint(Path(args.data) / SPLIT_CSV["train"])}
@@ -155,7 +167,9 @@ class TextFeatures:
             embeddings = np.zeros((len(utterances), self.encoder.model.config.hidden_size), np.float32)
             for start in progress(range(0, len(order), 64), desc=f"encoding {split} text", leave=False):
                 rows = order[start:start + 64]
-                embeddings[rows] = self.encoder([utterances[i].text for i in rows], None if contexts is None else [contexts[i] for i in rows]).numpy()
+                with autocast(self.device, self.args.amp):
+                    encoded = self.encoder([utterances[i].text for i in rows], None if contexts is None else [contexts[i] for i in rows])
+                embeddings[rows] = encoded.float().numpy()
             return embeddings
         return cached_array(self.args.cache, Path(self.args.data) / SPLIT_CSV[split], self.settings, compute)
 
@@ -168,6 +182,10 @@ class ClipFeatures:
         self.settings = {"a": {"audio_model": file_fingerprint(args.audio_model), "n_mfcc": 25},
                          "v": {"video_weights": file_fingerprint(args.video_weights) or "random-seed0", "fps": args.video_fps,
                                "frames": args.video_frames, "size": args.frame_size}}
+        if args.amp:  # bf16 encoders give other numbers: their own cache entries
+            self.settings["v"]["amp"] = "bf16"
+            if args.audio_model:
+                self.settings["a"]["amp"] = "bf16"
 
     def encoder(self, name):  # built on first use: a fully cached run never loads the big models
         if name not in self.encoders:
@@ -179,7 +197,8 @@ class ClipFeatures:
         wave = load_audio(clip)
         parts = [mfcc(wave, n_mfcc=25).mean(-1), prosody(wave)]
         if self.args.audio_model:
-            parts.insert(0, self.encoder("wav2vec2")(wave))
+            with autocast(self.device, self.args.amp):
+                parts.insert(0, self.encoder("wav2vec2")(wave).float())
         return torch.cat(parts).numpy().astype(np.float32)
 
     def video(self, clip):
@@ -187,14 +206,35 @@ class ClipFeatures:
                                                                         center_crop=True)), self.args.video_frames)
         if frames is None:
             raise MediaError(clip, "no video frames decoded")
-        return self.encoder("resnet50")(frames).numpy().astype(np.float32)
+        with autocast(self.device, self.args.amp):
+            return self.encoder("resnet50")(frames).float().numpy()
 
     def __call__(self, modality, clip):
         compute = self.audio if modality == "a" else self.video
         return cached_array(self.args.cache, clip, self.settings[modality], lambda: compute(clip))
 
 
-def build_features(splits, args, device):
+def warm_caches(splits, args, device, dist):
+    """Under torchrun: each rank computes its strided share of the clip features (and of the per-split text arrays)
+    into the shared --cache, then all wait; build_features then reads them all from the cache on every rank."""
+    clip_features = ClipFeatures(args, device)
+    if "t" in args.modalities:
+        text_features = TextFeatures(splits, args, device)
+        for split in rank_share(splits, dist):
+            text_features(split, splits[split])
+    for split, utterances in splits.items():
+        for modality in (m for m in "av" if m in args.modalities):
+            for utterance in progress(rank_share(utterances, dist), enabled=dist.is_main, desc=f"{split} {modality} shard", leave=False):
+                clip = find_clip(args.data, utterance)
+                if clip is not None:
+                    try:
+                        clip_features(modality, clip)
+                    except MediaError:
+                        pass  # recorded in failures.csv by build_features
+    barrier(dist)
+
+
+def build_features(splits, args, device, *, show=True):
     """{split: {"utterances": kept, modality: float32 (N, F)}} and the failures [(key, problem)]."""
     clip_features, failures, data = ClipFeatures(args, device), [], {}
     text_features = TextFeatures(splits, args, device) if "t" in args.modalities else None
@@ -205,7 +245,7 @@ def build_features(splits, args, device):
         kept = np.ones(len(utterances), bool)
         for modality in (m for m in "av" if m in args.modalities):
             vectors = []
-            for index, utterance in enumerate(progress(utterances, desc=f"{split} {'audio' if modality == 'a' else 'video'}", leave=False)):
+            for index, utterance in enumerate(progress(utterances, enabled=show, desc=f"{split} {'audio' if modality == 'a' else 'video'}", leave=False)):
                 clip, vector = find_clip(args.data, utterance), None
                 if clip is None:
                     failures.append((utterance.key, f"no {utterance.clip_name} in {args.data}/{SPLIT_CLIP_DIRS[split][0]}/"))
@@ -221,7 +261,8 @@ def build_features(splits, args, device):
         for modality, vectors in per_modality.items():
             data[split][modality] = np.stack([v for v, keep in zip(vectors, kept) if keep]) if kept.any() else None
         if not kept.any():
-            print(f"{split}: no utterance has every modality of -mod {args.modalities}; the split is skipped")
+            if show:
+                print(f"{split}: no utterance has every modality of -mod {args.modalities}; the split is skipped")
             del data[split]
     for split in ("train", "dev"):
         if split not in data:
@@ -253,20 +294,31 @@ def make_batch(split, index_lists, modalities, device):
     lengths = torch.tensor([len(indices) for indices in index_lists])
     steps, labels = int(lengths.max()), torch.full((len(index_lists), int(lengths.max())), -100)
     features = {m: split[m].new_zeros(len(index_lists), steps, split[m].shape[1]) for m in modalities}
+    if device.type == "cuda":  # page-locked, so the copies below run asynchronously
+        features, labels = {m: f.pin_memory() for m, f in features.items()}, labels.pin_memory()
     for row, indices in enumerate(index_lists):
         labels[row, :len(indices)] = torch.tensor([EMOTIONS.index(split["utterances"][i].emotion) for i in indices])
         for m in modalities:
             features[m][row, :len(indices)] = split[m][indices]
     keys = [[split["utterances"][i].key for i in indices] for indices in index_lists]
-    return {m: f.to(device) for m, f in features.items()}, lengths.to(device), labels.to(device), keys
+    return ({m: f.to(device, non_blocking=True) for m, f in features.items()}, lengths.to(device), labels.to(device, non_blocking=True),
+            keys)
 
 
-def training_batches(split, args, generator, device):
-    """The only place training batches come from: shuffled sequences of the train split."""
+def global_batches(sequence_count, args, dist):
+    """[(start, end)] of the global batches of one epoch; under torchrun a last batch with fewer sequences than
+    processes is dropped (a process with no sequence could not join the gradient all-reduce)."""
+    bounds = [(start, min(start + args.batch_size, sequence_count)) for start in range(0, sequence_count, args.batch_size)]
+    return [(start, end) for start, end in bounds if end - start >= dist.world_size]
+
+
+def training_batches(split, args, generator, device, dist):
+    """The only place training batches come from: shuffled sequences of the train split, the same global order on
+    every rank (seeded generator); each rank takes its strided share of every global batch."""
     index_lists = sequences(split["utterances"], args.context)
     order = torch.randperm(len(index_lists), generator=generator).tolist()
-    for start in range(0, len(order), args.batch_size):
-        yield make_batch(split, [index_lists[i] for i in order[start:start + args.batch_size]], args.modalities, device)
+    for start, end in global_batches(len(order), args, dist):
+        yield make_batch(split, rank_share([index_lists[i] for i in order[start:end]], dist), args.modalities, device)
 
 
 @torch.no_grad()
@@ -301,24 +353,31 @@ def fit_svm(keys, vectors, labels, args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
+    dist = setup_distributed(device)
     seed_everything(args.seed)
-    splits = load_splits(args.data)
-    run_dir = make_run_dir(args.out, args, default_root="runs/meld")
-    data, failures = build_features(splits, args, device)
-    atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
-    if failures:
-        print(f"{len(failures)} utterance(s) skipped for missing or unreadable clips, listed in {run_dir / 'failures.csv'}")
-    write_json(run_dir / "split.json", {split: [u.key for u in part["utterances"]] for split, part in data.items()})
+    csv_problems = []  # unparsable CSV rows: skipped, listed in failures.csv
+    splits = load_splits(args.data, csv_problems)
+    run_dir = Path(broadcast_object(dist, str(make_run_dir(args.out, args, default_root="runs/meld")) if dist.is_main else None))
+    if dist.enabled:
+        warm_caches(splits, args, device, dist)
+    data, failures = build_features(splits, args, device, show=dist.is_main)
+    failures = csv_problems + failures
+    if dist.is_main:
+        atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
+        if failures:
+            print(f"{len(failures)} utterance(s) skipped for missing or unreadable clips, listed in {run_dir / 'failures.csv'}")
+        write_json(run_dir / "split.json", {split: [u.key for u in part["utterances"]] for split, part in data.items()})
     stats = standardise(data, args.modalities)
 
     train_labels = labels_of(data["train"])
     counts = np.bincount(train_labels, minlength=len(EMOTIONS))
     class_weights = torch.tensor(CLASS_WEIGHTS[args.class_weights](counts), dtype=torch.float32, device=device)
     input_dims = {m: data["train"][m].shape[1] for m in args.modalities}
+    torch.manual_seed(args.seed)  # the initial weights depend on --seed only, not on which features were cached
     model = MELDEmotionClassifier(input_dims=input_dims, num_classes=len(EMOTIONS), hidden=args.hidden, d_model=args.d_model,
                                   heads=args.heads, dropout=args.dropout).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = -(-len(sequences(data["train"]["utterances"], args.context)) // args.batch_size)
+    steps_per_epoch = len(global_batches(len(sequences(data["train"]["utterances"], args.context)), args, dist))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(1, args.epochs * steps_per_epoch))
     start_epoch, best_score, best_epoch = 0, -1.0, -1
     if args.resume and (run_dir / "last.pt").is_file():
@@ -326,20 +385,27 @@ def main(argv=None):
     checkpoint_info = {"args": vars(args), "class_names": list(EMOTIONS), "input_dims": input_dims,
                        "feature_mean": {m: torch.from_numpy(s[0]) for m, s in stats.items()},
                        "feature_std": {m: torch.from_numpy(s[1]) for m, s in stats.items()}}
+    train_model = DistributedDataParallel(model) if dist.enabled else model
     generator = torch.Generator()
     for epoch in range(start_epoch, args.epochs):
-        model.train()
+        train_model.train()
         generator.manual_seed(args.seed + epoch)
         started, loss_sum, batches = time.time(), 0.0, 0
-        for features, lengths, labels, _ in progress(training_batches(data["train"], args, generator, device), total=steps_per_epoch,
-                                                     desc=f"epoch {epoch + 1}/{args.epochs}", leave=False):
-            logits = model(features, lengths)
-            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), weight=class_weights, ignore_index=-100)
+        for features, lengths, labels, _ in progress(training_batches(data["train"], args, generator, device, dist), total=steps_per_epoch,
+                                                     enabled=dist.is_main, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False):
+            logits = train_model(features, lengths)
+            # class-weighted mean over the utterances of the GLOBAL batch (the ranks' dialogues differ in length)
+            labels = labels.flatten()
+            loss = global_mean(F.cross_entropy(logits.flatten(0, 1), labels, weight=class_weights, ignore_index=-100, reduction="sum"),
+                               class_weights[labels[labels != -100]].sum(), dist)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum, batches = loss_sum + loss.item(), batches + 1
+            loss_sum, batches = loss_sum + loss.item(), batches + 1  # rank 0's estimate of the global-batch loss
+        if not dist.is_main:
+            barrier(dist)  # rank 0 evaluates and writes
+            continue
         dev = classification_report(labels_of(data["dev"]), predict(model, data["dev"], args, device).argmax(1), class_names=list(EMOTIONS))
         improved = dev["weighted_f1"] > best_score
         if improved:
@@ -349,6 +415,10 @@ def main(argv=None):
                             epoch=epoch, best_score=best_score, best_epoch=best_epoch)
         print(f"epoch {epoch + 1}: loss {loss_sum / max(1, batches):.3f}  dev weighted-F1 {dev['weighted_f1']:.3f}  accuracy {dev['accuracy']:.3f}  "
               f"macro-F1 {dev['macro_f1']:.3f}{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
+        barrier(dist)
+    cleanup_distributed(dist)
+    if not dist.is_main:
+        return None
 
     model.load_state_dict(load_checkpoint(run_dir / "model.pt")["model"])
     metrics = {"protocol": f"MELD official splits; trained on train, checkpoint = best dev weighted-F1 (epoch {best_epoch + 1}), test evaluated "

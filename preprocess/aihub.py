@@ -25,6 +25,7 @@ CATEGORY_BY_CODE = dict(enumerate(CATEGORIES, start=1))
 NAME_PATTERN = re.compile(r"^유튜브_(?P<category>.+)_(?P<id>[^_]+)$")
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi"}
 COVERAGE_RANGE = (0.05, 0.25)
+MAX_LENGTH_S = 48 * 3600  # a label file claiming more is corrupt (labels are one float per second)
 
 
 def nfc(text):
@@ -59,13 +60,15 @@ def parse_label_file(path):
         payload = json.loads(Path(path).read_text(encoding="utf-8-sig"))
         metadata, timelines = payload["metadata"], payload["timelines"]
         length = float(metadata["length"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        timelines = [(entry.get("id"), int(entry["start"]), int(entry["end"])) for entry in timelines]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
         raise InputError(f"{path}: not an AI-Hub label file ({type(error).__name__}: {error})") from None
+    if not 0 < length <= MAX_LENGTH_S:  # also NaN; a huge claim would allocate labels for it
+        raise InputError(f"{path}: metadata length {metadata['length']!r} is not a video length in seconds (0 < length <= {MAX_LENGTH_S})")
     spans, problems = [], []
-    for entry in timelines:
-        start, end = int(entry["start"]), int(entry["end"])
+    for timeline_id, start, end in timelines:
         if not 0 <= start <= end < length:
-            problems.append(f"timeline {entry.get('id')}: start {start}, end {end} breaks 0 <= start <= end < length {length:g}; dropped")
+            problems.append(f"timeline {timeline_id}: start {start}, end {end} breaks 0 <= start <= end < length {length:g}; dropped")
         else:
             spans.append((start, end))
     covered = len({s for start, end in spans for s in range(start, end + 1)}) / max(length, 1e-9)
@@ -96,7 +99,7 @@ def scan_aihub(root):
         problems += [(label_path, reason) for reason in label_problems]
         if video_stem not in records:
             match = NAME_PATTERN.match(video_stem)
-            category = match["category"] if match else CATEGORY_BY_CODE.get(int(metadata.get("class_code") or 0), "unknown")
+            category = match["category"] if match else CATEGORY_BY_CODE.get(int(code) if str(code := metadata.get("class_code")).isdecimal() else 0, "unknown")
             records[video_stem] = Video(video_stem, videos[video_stem], category, float(metadata["length"]))
         record = records[video_stem]
         if abs(record.length_s - float(metadata["length"])) > 1.0:

@@ -256,11 +256,18 @@ def _label_vector(label, names, where):
         vector = np.zeros(len(names), np.float32)
         vector[names.index(label)] = 1
         return vector
-    if np.ndim(label) == 0:
-        vector = np.zeros(len(names), np.float32)
-        vector[int(label)] = 1
-        return vector
-    vector = np.asarray(label, np.float32).reshape(-1)
+    try:
+        if np.ndim(label) == 0:
+            if not 0 <= int(label) < len(names):
+                raise IndexError
+            vector = np.zeros(len(names), np.float32)
+            vector[int(label)] = 1
+            return vector
+        vector = np.asarray(label, np.float32).reshape(-1)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        raise InputError(f"{where}: label {str(label)[:40]!r} is not a class name, class index or {len(names)}-vector") from None
+    if not np.isfinite(vector).all():
+        raise InputError(f"{where}: label holds NaN or inf")
     if len(vector) != len(names):
         raise InputError(f"{where}: label has {len(vector)} values, expected {len(names)}")
     return (vector > 0).astype(np.float32)
@@ -268,11 +275,19 @@ def _label_vector(label, names, where):
 
 def read_meta(folder):
     """meta.json (ours) or meta.pkl (the released processed sets; the only pickle this project reads)."""
-    if (folder / "meta.json").is_file():
-        return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    if (folder / "meta.pkl").is_file():
-        with open(folder / "meta.pkl", "rb") as file:
-            return pickle.load(file)
+    for name in ("meta.json", "meta.pkl"):
+        if (folder / name).is_file():
+            try:
+                if name == "meta.json":
+                    meta = json.loads((folder / name).read_text(encoding="utf-8"))
+                else:
+                    with open(folder / name, "rb") as file:
+                        meta = pickle.load(file)
+            except Exception as error:  # json and pickle raise many types for a corrupt file
+                raise InputError(f"{folder / name}: not readable ({type(error).__name__}: {str(error)[:120]})") from None
+            if not isinstance(meta, dict) or not all(isinstance(entry, dict) and "label" in entry for entry in meta.values()):
+                raise InputError(f"{folder / name}: expected {{utterance id: {{label, text, ...}}}}")
+            return meta
     raise InputError(f"{folder}: no meta.json or meta.pkl (run python -m preprocess.iemocap / preprocess.mosei)")
 
 

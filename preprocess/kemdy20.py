@@ -17,6 +17,7 @@ session folder, files found at any depth, spaces around ids); anything else is s
 date is ignored, as in the SPEC). EDA and TEMP are z-scored per subject (speaker) over all their samples.
 """
 import csv
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,7 @@ def read_e4(path):
                 value = float(row[0])
             except ValueError:
                 value = None
-            if time_ms is None or value is None:
+            if time_ms is None or value is None or not math.isfinite(value):  # NaN/inf would poison the z-scores
                 bad += 1
                 continue
             values.append(value), times.append(time_ms), segments.append(row[2].strip().lower() if len(row) > 2 else "")

@@ -9,7 +9,7 @@ Audio is read by soundfile (.wav, .flac) or by PyAV (the audio stream of anythin
 mono (mean of the channels) and resampled with torchaudio to 16 kHz float32. `load_audio` reads a
 whole file; `iter_audio` streams it in chunks whose concatenation equals `load_audio`.
 
-Every failure (missing, empty, truncated or non-media file, missing stream) raises `MediaError`
+Every failure (missing, empty, truncated or non-media file, missing stream, NaN/inf samples) raises `MediaError`
 with one line that names the file.
 """
 import functools
@@ -61,6 +61,11 @@ def _open_container(path):
     except av.FFmpegError as error:
         raise MediaError(path, f"not a readable media file ({_ffmpeg_reason(error)})") from None
     file_size = os.path.getsize(path)
+    for stream in (*container.streams.video, *container.streams.audio):
+        if stream.codec_context is None:  # a damaged header can name no codec we can decode
+            problem = f"{stream.type} stream {stream.index} has no decodable codec"
+            container.close()  # (touching a stream of a closed container crashes PyAV)
+            raise MediaError(path, problem)
     for stream in container.streams:
         entries = stream.index_entries  # mp4/mov know where every packet lies: check the last one
         if not len(entries):
@@ -246,6 +251,12 @@ def _frame_channels(frame):
     return samples.astype(np.float32, copy=False)
 
 
+def _check_finite(path, samples, start_s):
+    """Float files can hold NaN or inf, which would poison every feature computed from them."""
+    if not np.isfinite(samples).all():
+        raise MediaError(path, f"NaN or infinite samples near {start_s:.2f} s")
+
+
 def _native_mono_blocks(path, block_frames=65536):
     """The decoding core: (native_rate, blocks) with blocks an iterator of mono float32 numpy arrays."""
     _check_file(path)
@@ -260,8 +271,10 @@ def _native_mono_blocks(path, block_frames=65536):
 
         def soundfile_blocks():
             with sound:
-                for block in sound.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
-                    yield block.mean(axis=1, dtype=np.float32)  # block: (samples, channels)
+                for index, block in enumerate(sound.blocks(blocksize=block_frames, dtype="float32", always_2d=True)):
+                    mono = block.mean(axis=1, dtype=np.float32)  # block: (samples, channels)
+                    _check_finite(path, mono, index * block_frames / sound.samplerate)
+                    yield mono
 
         return sound.samplerate, soundfile_blocks()
 
@@ -286,6 +299,7 @@ def _native_mono_blocks(path, block_frames=65536):
             try:
                 for frame in container.decode(stream):
                     mono = _frame_channels(frame).mean(axis=0, dtype=np.float32)  # (samples,)
+                    _check_finite(path, mono, decoded / native_rate)
                     if total is not None:
                         mono = mono[:max(0, total - decoded)]
                     decoded += len(mono)
@@ -299,6 +313,20 @@ def _native_mono_blocks(path, block_frames=65536):
                                        f"{total / native_rate:.2f} s its container declares")
 
     return native_rate, pyav_blocks()
+
+
+MAX_KERNEL_VALUES = 20_000_000  # torchaudio's sinc kernel is (new / g) x (native / g + 2 width) floats, g = gcd
+
+
+def _check_rate(path, native_rate, sample_rate):
+    """A header's sample rate that no recording has, or one whose resampling kernel alone would take gigabytes
+    (a damaged header; e.g. 44101 Hz -> 16 kHz: 16000 x 44135 floats), is refused before anything is allocated."""
+    if not 1000 <= native_rate <= 768000:
+        raise MediaError(path, f"sample rate {native_rate} Hz in its header is not an audio rate (1000-768000 Hz)")
+    divisor = math.gcd(native_rate, sample_rate)
+    if (sample_rate // divisor) * (native_rate // divisor) > MAX_KERNEL_VALUES:
+        raise MediaError(path, f"sample rate {native_rate} Hz cannot be resampled to {sample_rate} Hz in bounded memory; "
+                               f"convert the file to a standard rate such as 44100 or 48000 Hz")
 
 
 @functools.lru_cache(maxsize=8)
@@ -318,6 +346,7 @@ def load_audio(path, *, sample_rate=16000):
     """The whole audio of a file (wav/flac via soundfile, else the first audio stream via PyAV) as
     mono float32 torch tensor (samples,) at sample_rate."""
     native_rate, blocks = _native_mono_blocks(path)
+    _check_rate(path, native_rate, sample_rate)
     parts = list(blocks)
     if not parts or sum(len(part) for part in parts) == 0:
         raise MediaError(path, "no audio samples")
@@ -330,6 +359,7 @@ def iter_audio(path, *, chunk_seconds=60.0, sample_rate=16000):
     chunk_seconds long, cut on native samples that map to whole output samples, and each is resampled
     with native-rate context on both sides (then trimmed), so memory stays flat for any length."""
     native_rate, blocks = _native_mono_blocks(path)
+    _check_rate(path, native_rate, sample_rate)
     divisor = math.gcd(native_rate, sample_rate)
     native_period = native_rate // divisor  # native samples that make exactly output_period outputs
     output_period = sample_rate // divisor

@@ -65,8 +65,10 @@ def clean_text(text):
     return " ".join(text.translate(TEXT_FIXES).split())
 
 
-def read_split(data_dir, split):
-    """The rows of one split's CSV as Utterances in file order, or None when the CSV is absent."""
+def read_split(data_dir, split, problems=None):
+    """The rows of one split's CSV as Utterances in file order, or None when the CSV is absent. A row with an
+    unknown emotion or non-integer ids raises InputError, or, when a `problems` list is given, is skipped and
+    appended to it as (item, problem)."""
     path = Path(data_dir) / SPLIT_CSV[split]
     if not path.is_file():
         return None
@@ -77,14 +79,20 @@ def read_split(data_dir, split):
             raise InputError(f"{path}: missing column(s) {', '.join(missing)} (expected the MELD header)")
         rows = []
         for line, row in enumerate(reader, start=2):
-            emotion = row["Emotion"].strip().lower()
-            if emotion not in EMOTIONS:
-                raise InputError(f"{path}:{line}: unknown emotion {row['Emotion']!r} (expected one of {', '.join(EMOTIONS)})")
+            emotion = (row["Emotion"] or "").strip().lower()
             try:
-                dialogue, utterance = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
-            except (TypeError, ValueError):
-                raise InputError(f"{path}:{line}: Dialogue_ID/Utterance_ID must be integers") from None
-            rows.append(Utterance(split, dialogue, utterance, clean_text(row["Utterance"] or ""), row["Speaker"].strip(),
+                if emotion not in EMOTIONS:
+                    raise InputError(f"{path}:{line}: unknown emotion {row['Emotion']!r} (expected one of {', '.join(EMOTIONS)})")
+                try:
+                    dialogue, utterance = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
+                except (TypeError, ValueError):
+                    raise InputError(f"{path}:{line}: Dialogue_ID/Utterance_ID must be integers") from None
+            except InputError as error:
+                if problems is None:
+                    raise
+                problems.append((f"{split}/{path.name}:{line}", str(error).split(": ", 1)[1]))
+                continue
+            rows.append(Utterance(split, dialogue, utterance, clean_text(row["Utterance"] or ""), (row["Speaker"] or "").strip(),
                                   emotion, parse_time(row.get("StartTime") or ""), parse_time(row.get("EndTime") or "")))
     if not rows:
         raise InputError(f"{path}: no rows")

@@ -316,7 +316,7 @@ def check_rgb(rgb):
 def resize_uint8(rgb, size):
     """uint8 (h, w, 3) -> uint8 (size, size, 3): bilinear with antialiasing (PIL-like; good for both
     shrinking and enlarging), rounded."""
-    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()  # (1, 3, h, w)
+    image = torch.from_numpy(np.array(rgb, order="C")).permute(2, 0, 1)[None].float()  # (1, 3, h, w)
     resized = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 

@@ -89,7 +89,7 @@ def read_manifest(csv_path):
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise InputError(f"{csv_path}: manifest not found")
-    with open(csv_path, newline="", encoding="utf-8-sig") as file:
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as file:  # bad bytes show as U+FFFD, not a crash
         reader = csv.DictReader(file)
         missing = {"path", "label", "group"} - set(reader.fieldnames or [])
         if missing:
