@@ -33,6 +33,7 @@ cli.py defaults differ (-ep and -bs required, -es 5, --trans-dim 512, --trans-nl
 --num-emotions 4, --text-max-len 300).
 """
 import argparse
+import csv
 import functools
 import time
 import zipfile
@@ -44,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics as skm
 
-from common import (InputError, autocast, best_f1_threshold, classification_report, cleanup_distributed, format_table, load_checkpoint,
+from common import (InputError, atomic_write, autocast, best_f1_threshold, classification_report, cleanup_distributed, format_table, load_checkpoint,
                     make_run_dir, progress, resolve_device, run_main, save_checkpoint, seed_everything, setup_distributed, write_json)
 from models.fv2es import MME2E, HandCrafted, normalise_faces
 from models.repvgg import fuse_repvgg
@@ -429,7 +430,6 @@ def predict(cli, device):
 
 def write_emotion_report(path, title, rows, names, thresholds, thumbnails):
     """Self-contained HTML: one row per segment with its thumbnail (data URI) and a bar per emotion."""
-    from common import atomic_write
     from preprocess.report import _escape
     head = "".join(f"<th>{_escape(n)}<br><small>t={t:.2f}</small></th>" for n, t in zip(names, thresholds))
     body = []
@@ -451,7 +451,7 @@ def write_emotion_report(path, title, rows, names, thresholds, thumbnails):
 # ---------------------------------------------------------------- main
 
 def data_splits(args):
-    items, splits = read_processed(args.datapath, args.dataset)
+    items, splits, failures = read_processed(args.datapath, args.dataset)
     if args.protocol == "loso":
         if args.dataset != "iemocap":
             raise InputError("--protocol loso is for IEMOCAP (sessions); MOSEI uses its split files")
@@ -459,7 +459,9 @@ def data_splits(args):
     empty = [split for split, ids in splits.items() if not ids]
     if empty:
         raise InputError(f"{args.datapath}: the {' and '.join(empty)} split is empty (train, valid and test are all needed)")
-    return items, splits
+    if failures:
+        print(f"{len(failures)} utterance(s) skipped (meta entries that do not parse, split ids without one); listed in failures.csv")
+    return items, splits, failures
 
 
 def loaders(items, splits, args, dist=None):
@@ -514,10 +516,11 @@ def train(args, device):
     if not args.datapath:
         raise InputError("training needs --datapath DIR (python -m preprocess.iemocap RAW DIR writes it)")
     dist = setup_distributed(device)
-    items, splits = data_splits(args)
+    items, splits, failures = data_splits(args)
     run_dir = Path(share(dist, str(make_run_dir(args.out, args, default_root="runs/fv2es")) if dist.is_main else None))
     if dist.is_main:
         write_json(run_dir / "split.json", {"protocol": args.protocol, **splits})
+        atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
     data = loaders(items, splits, args, dist)
     train_labels = np.stack([items[i].label for i in splits["train"]])
     positives = train_labels.sum(0)
@@ -616,7 +619,7 @@ def evaluate_checkpoint(cli, device):
     """--valid / --test with --ckpt: the checkpoint's args, overridden only by flags given on the command line."""
     state = load_checkpoint(cli.ckpt)
     args = merged_args(state["args"], cli)
-    items, splits = data_splits(args)
+    items, splits, _ = data_splits(args)
     data = loaders(items, splits, args)
     model = build_model(args).to(device)
     model.load_state_dict(state["model"])

@@ -285,38 +285,45 @@ def read_meta(folder):
                         meta = pickle.load(file)
             except Exception as error:  # json and pickle raise many types for a corrupt file
                 raise InputError(f"{folder / name}: not readable ({type(error).__name__}: {str(error)[:120]})") from None
-            if not isinstance(meta, dict) or not all(isinstance(entry, dict) and "label" in entry for entry in meta.values()):
+            if not isinstance(meta, dict):
                 raise InputError(f"{folder / name}: expected {{utterance id: {{label, text, ...}}}}")
             return meta
     raise InputError(f"{folder}: no meta.json or meta.pkl (run python -m preprocess.iemocap / preprocess.mosei)")
 
 
 def read_processed(datapath, dataset):
-    """({id: Item}, {split: [id]}) from <datapath>/<DATASET>_RAW_PROCESSED and <DATASET>_SPLIT."""
+    """({id: Item}, {split: [id]}, failures [(id, problem)]) from <datapath>/<DATASET>_RAW_PROCESSED and
+    <DATASET>_SPLIT. An entry whose label does not parse is skipped and listed, and so is a split id that has
+    no usable entry; an unreadable meta or split file, or nothing usable at all, is one InputError."""
     processed_dir, split_dir = Path(datapath) / LAYOUT[dataset][0], Path(datapath) / LAYOUT[dataset][1]
     meta = read_meta(processed_dir)
     names = EMOTIONS if dataset == "iemocap" else MOSEI_EMOTIONS
-    items = {}
+    items, failures = {}, []
     for key, entry in meta.items():
         where = f"{processed_dir}/meta: {key}"
+        try:
+            if not isinstance(entry, dict) or "label" not in entry:
+                raise InputError(f"{where}: expected {{label, text, ...}}")
+            label = _label_vector(entry["label"], names, where)
+        except InputError as error:
+            failures.append((key, str(error)))
+            continue
         if dataset == "iemocap":
             group = key.rsplit("_", 1)[0]
-            items[key] = Item(key, processed_dir / group / key, str(entry.get("text", "")), _label_vector(entry["label"], names, where),
-                              speaker_side(key), group, session_of(key))
+            items[key] = Item(key, processed_dir / group / key, str(entry.get("text", "")), label, speaker_side(key), group, session_of(key))
         else:
-            items[key] = Item(key, processed_dir / key, str(entry.get("text", "")), _label_vector(entry["label"], names, where),
-                              "", str(entry.get("video", key.rsplit("_", 1)[0])), 0)
+            items[key] = Item(key, processed_dir / key, str(entry.get("text", "")), label, "", str(entry.get("video", key.rsplit("_", 1)[0])), 0)
+    if not items:
+        raise InputError(f"{processed_dir}: no usable utterance in meta ({failures[0][1] if failures else 'it is empty'})")
     splits = {}
     for split in ("train", "valid", "test"):
         path = split_dir / f"{split}_split.txt"
         if not path.is_file():
             raise InputError(f"{path}: split file not found")
         ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        missing = [i for i in ids if i not in items]
-        if missing:
-            raise InputError(f"{path}: {len(missing)} id(s) not in meta, e.g. {missing[0]}")
-        splits[split] = ids
-    return items, splits
+        failures += [(i, f"{path}: listed but has no usable entry in meta") for i in ids if i not in items and i not in meta]
+        splits[split] = [i for i in ids if i in items]
+    return items, splits, failures
 
 
 def loso_splits(items, test_session, *, seed=0, valid_fraction=0.1):

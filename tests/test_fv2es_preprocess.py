@@ -87,7 +87,8 @@ def test_iemocap_processed_layout_frames_by_timestamp_and_side(iemocap_tree):
 
 
 def test_iemocap_splits_are_grouped_by_dialogue_and_readable(iemocap_tree):
-    items, splits = read_processed(iemocap_tree / "processed", "iemocap")
+    items, splits, failures = read_processed(iemocap_tree / "processed", "iemocap")
+    assert failures == []
     groups = {split: {items[i].group for i in ids} for split, ids in splits.items()}
     assert not (groups["train"] & groups["valid"]) and not (groups["train"] & groups["test"]) and not (groups["valid"] & groups["test"])
     assert sorted(sum(splits.values(), [])) == sorted(items)
@@ -107,7 +108,7 @@ def test_reader_accepts_the_released_meta_pkl_and_reports_missing_files(iemocap_
     (copy / "IEMOCAP_RAW_PROCESSED").mkdir()
     with open(copy / "IEMOCAP_RAW_PROCESSED" / "meta.pkl", "wb") as file:
         pickle.dump({k: {**v, "label": EMOTIONS.index(v["label"])} for k, v in meta.items()}, file)  # labels as indices
-    items, _ = read_processed(copy, "iemocap")
+    items, _, _ = read_processed(copy, "iemocap")
     assert {k: int(items[k].label.argmax()) for k in meta} == {k: EMOTIONS.index(v["label"]) for k, v in meta.items()}
     (copy / "IEMOCAP_SPLIT" / "test_split.txt").unlink()
     with pytest.raises(InputError, match="test_split.txt: split file not found"):
@@ -131,7 +132,7 @@ def test_mosei_presence_labels_split_and_frames(mosei_tree):
         expected = len([k for k in range(100) if entry["start_time"] <= k * 0.5 < entry["end_time"]])
         assert len(list((processed / "MOSEI_RAW_PROCESSED" / clip_id).glob("image_*.jpg"))) == expected
         assert np.load(processed / "MOSEI_RAW_PROCESSED" / clip_id / "faces.npy").shape == (expected, 48, 48, 3)
-    items, splits = read_processed(processed, "mosei")
+    items, splits, _ = read_processed(processed, "mosei")
     videos = {split: {items[i].group for i in ids} for split, ids in splits.items()}
     assert not (videos["train"] & videos["test"]) and not (videos["valid"] & videos["test"]) and all(videos.values())
     assert any(item.label.sum() > 1 for item in items.values())  # multi-label

@@ -438,16 +438,33 @@ def test_processed_fv2es_meta_that_does_not_parse_is_one_line(tmp_path, capsys):
     meta_dir = tmp_path / "IEMOCAP_RAW_PROCESSED"
     meta_dir.mkdir()
     cases = {"{broken": "not readable (JSONDecodeError", "[1, 2]": "expected {utterance id",
-             '{"Ses01F_impro01_F000": {"text": "no label"}}': "expected {utterance id",
-             '{"Ses01F_impro01_F000": {"label": "bored"}}': "label 'bored' is none of",
-             '{"Ses01F_impro01_F000": {"label": 17}}': "is not a class name, class index",
-             '{"Ses01F_impro01_F000": {"label": -1}}': "is not a class name, class index",
-             '{"Ses01F_impro01_F000": {"label": [0, 0, NaN, 0, 0, 1]}}': "NaN or inf"}
+             '{"Ses01F_impro01_F000": {"text": "no label"}}': "no usable utterance in meta",
+             '{"Ses01F_impro01_F000": {"label": "bored"}}': "label 'bored' is none of"}
     for text, problem in cases.items():
         (meta_dir / "meta.json").write_text(text)
         code, lines = one_line_error(capsys, train_fv2es.main, ["-lr", "1e-3", "--datapath", str(tmp_path), "--out", str(tmp_path / "run"),
                                                                 "-mod", "a", "--device", "cpu"])
         assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {meta_dir}") and problem in lines[0], (text, lines)
+
+
+def test_fv2es_meta_entries_that_do_not_parse_are_skipped_and_listed(tmp_path):
+    from preprocess.iemocap import read_processed
+    meta_dir, split_dir = tmp_path / "IEMOCAP_RAW_PROCESSED", tmp_path / "IEMOCAP_SPLIT"
+    meta_dir.mkdir(), split_dir.mkdir()
+    good = {f"Ses01F_impro01_F00{i}": {"label": "ang", "text": "hi"} for i in range(3)}
+    bad = {"Ses01F_impro01_M000": {"text": "no label"}, "Ses01F_impro01_M001": {"label": "bored"},
+           "Ses01F_impro01_M002": {"label": 17}, "Ses01F_impro01_M003": {"label": -1},
+           "Ses01F_impro01_M004": {"label": [0, 0, float("nan"), 0, 0, 1]}}
+    (meta_dir / "meta.json").write_text(json.dumps({**good, **bad}))
+    for split, ids in {"train": [*good, *bad], "valid": ["Ses01F_impro01_F000", "Ses09F_nowhere_F000"], "test": ["Ses01F_impro01_F001"]}.items():
+        (split_dir / f"{split}_split.txt").write_text("\n".join(ids) + "\n")
+    items, splits, failures = read_processed(tmp_path, "iemocap")
+    assert sorted(items) == sorted(good) and splits["train"] == list(good) and splits["valid"] == ["Ses01F_impro01_F000"]
+    problems = dict(failures)
+    assert sorted(problems) == sorted([*bad, "Ses09F_nowhere_F000"])
+    for key, problem in [("Ses01F_impro01_M001", "none of"), ("Ses01F_impro01_M002", "class index"), ("Ses01F_impro01_M003", "class index"),
+                         ("Ses01F_impro01_M004", "NaN or inf"), ("Ses09F_nowhere_F000", "no usable entry")]:
+        assert problem in problems[key], (key, problems[key])
 
 
 def test_nan_and_inf_sensor_values_are_malformed_lines(tmp_path):
