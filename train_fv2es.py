@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics as skm
 
-from common import (InputError, atomic_write, autocast, best_f1_threshold, classification_report, cleanup_distributed, format_table, load_checkpoint,
+from common import (InputError, atomic_write, autocast, broadcast_object, best_f1_threshold, classification_report, cleanup_distributed, format_table, load_checkpoint,
                     make_run_dir, progress, resolve_device, run_main, save_checkpoint, seed_everything, setup_distributed, write_json)
 from models.fv2es import MME2E, HandCrafted, normalise_faces
 from models.repvgg import fuse_repvgg
@@ -487,15 +487,6 @@ def reseed_for_epoch(loader, seed, epoch):
         loader.generator.manual_seed(seed + epoch)
 
 
-def share(dist, value):
-    """Rank 0's value on every rank (DDP), so that all ranks take the same decisions."""
-    if not dist.enabled:
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def check_args(args):
     if not args.modalities or set(args.modalities) - set("tav") or len(set(args.modalities)) != len(args.modalities):
         raise InputError(f"-mod {args.modalities}: give a subset of t, a, v such as tav or t")
@@ -517,7 +508,7 @@ def train(args, device):
         raise InputError("training needs --datapath DIR (python -m preprocess.iemocap RAW DIR writes it)")
     dist = setup_distributed(device)
     items, splits, failures = data_splits(args)
-    run_dir = Path(share(dist, str(make_run_dir(args.out, args, default_root="runs/fv2es")) if dist.is_main else None))
+    run_dir = Path(broadcast_object(dist, str(make_run_dir(args.out, args, default_root="runs/fv2es")) if dist.is_main else None))
     if dist.is_main:
         write_json(run_dir / "split.json", {"protocol": args.protocol, **splits})
         atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
@@ -568,7 +559,7 @@ def train(args, device):
             valid_labels, valid_scores, _ = predict_scores(model, data["valid"], args, device)
             thresholds = choose_thresholds(valid_labels, valid_scores)
             valid = evaluate(valid_labels, valid_scores, thresholds, CLASS_NAMES[args.dataset], train_labels, args.dataset)
-        score = share(dist, valid["mean_f1"] if valid else None)
+        score = broadcast_object(dist, valid["mean_f1"] if valid else None)
         if scheduler:
             scheduler.step(score)
         improved = score > best_score

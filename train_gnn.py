@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, classification_report, global_mean,
+from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, broadcast_object, classification_report, global_mean,
                     cleanup_distributed, format_table, load_checkpoint, make_run_dir, parse_ids, progress,
                     resolve_device, resume_training_state, run_main, save_checkpoint, save_training_state,
                     seed_everything, setup_distributed, write_json)
@@ -450,9 +450,7 @@ def main(argv=None):
         nodes = prepare_nodes(args, run_dir)
         split = session_split(nodes, args, run_dir)
     if dist.enabled:  # the other ranks read rank 0's run folder, nodes.npz and split
-        shared = [run_dir, split]
-        torch.distributed.broadcast_object_list(shared)
-        run_dir, split = shared
+        run_dir, split = broadcast_object(dist, (run_dir, split) if dist.is_main else None)
         if not dist.is_main:
             nodes = prepare_nodes(args, run_dir)
     metrics = None
