@@ -20,7 +20,6 @@ The 2-process run has its own empty --cache, so it also exercises the sharded fe
 computes its share of the per-clip audio features and of the per-split text arrays) before training.
 """
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 import train_meld
 from common import load_checkpoint
 from models.meld_emotion import MELDEmotionClassifier
+from processes import free_port
 from preprocess.meld import EMOTIONS, FIXTURE_WORDS, make_meld
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,12 +50,6 @@ def tiny_bert(folder):
     BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32, max_position_embeddings=64)).save_pretrained(folder)
     return folder
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_processes_train_the_same_weights_as_one(tmp_path):

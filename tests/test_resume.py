@@ -4,11 +4,7 @@ and train_gnn.py's gnn stage (train_av.py and train_fv2es.py have theirs in thei
 real process."""
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -17,22 +13,12 @@ import train_meld
 from common import InputError
 from preprocess.aihub import make_aihub
 from preprocess.meld import make_meld
+from processes import kill_after_first_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def kill_after_first_checkpoint(command, out, timeout_s=180, last="last.pt"):
-    """Start `command`, SIGKILL it as soon as out/`last` exists; the run must not have finished by then."""
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + timeout_s
-    while not (out / last).is_file() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert (out / last).is_file(), process.stderr.read().decode()[-2000:]
-    assert not (out / "metrics.json").is_file(), "the run finished before the kill; give it more epochs"
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the killed process computes like the in-process runs
 
 
 def test_highlight_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
@@ -43,7 +29,7 @@ def test_highlight_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
              "--cache", str(tmp_path / "cache"), "--device", "cpu"]
     clean = train_highlight.main([*flags, "--out", str(tmp_path / "clean")])  # also fills the feature cache
     interrupted = tmp_path / "interrupted"
-    kill_after_first_checkpoint([sys.executable, "train_highlight.py", *flags, "--out", str(interrupted)], interrupted)
+    kill_after_first_checkpoint([sys.executable, "train_highlight.py", *flags, "--out", str(interrupted)], interrupted, env=ONE_THREAD)
     resumed = train_highlight.main([*flags, "--out", str(interrupted), "--resume"])
     assert resumed["val"] == clean["val"] and resumed["test"] == clean["test"]
     assert json.loads((interrupted / "metrics.json").read_text())["test"] == json.loads((tmp_path / "clean" / "metrics.json").read_text())["test"]
@@ -56,7 +42,7 @@ def test_meld_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
              "--cache", str(tmp_path / "cache"), "--device", "cpu"]
     clean = train_meld.main([*flags, "--out", str(tmp_path / "clean")])
     interrupted = tmp_path / "interrupted"
-    kill_after_first_checkpoint([sys.executable, "train_meld.py", *flags, "--out", str(interrupted)], interrupted)
+    kill_after_first_checkpoint([sys.executable, "train_meld.py", *flags, "--out", str(interrupted)], interrupted, env=ONE_THREAD)
     resumed = train_meld.main([*flags, "--out", str(interrupted), "--resume"])
     assert resumed["dev"] == clean["dev"] and resumed["test"] == clean["test"]
     with pytest.raises(InputError, match="--resume needs"):
@@ -77,6 +63,6 @@ def test_gnn_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     shutil.copytree(clean, interrupted)  # the cached stages; the gnn stage is what gets killed
     expected = train_gnn.main(["--stage", "gnn", "--out", str(clean), *flags])
     kill_after_first_checkpoint([sys.executable, "train_gnn.py", "--stage", "gnn", "--out", str(interrupted), *flags], interrupted,
-                                last="gnn_last.pt")
+                                env=ONE_THREAD, last="gnn_last.pt")
     resumed = train_gnn.main(["--stage", "gnn", "--out", str(interrupted), "--resume", *flags])
     assert resumed["val"] == expected["val"] and resumed["test"] == expected["test"]

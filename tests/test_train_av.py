@@ -11,6 +11,7 @@ import pytest
 import train_av
 from common import InputError
 from preprocess.fixtures import make_ravdess
+from processes import kill_after_first_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "2", "--batch-size", "8", "--frame-size", "32", "--video-fps", "5", "--max-frames", "4",
@@ -136,20 +137,11 @@ def test_wav2vec2_from_a_local_folder(ravdess, tmp_path):
 
 def test_kill_and_resume_gives_the_uninterrupted_result(ravdess, tmp_path):
     """kill -9 after the first epoch's checkpoint, --resume, and land on the same metrics as one clean run."""
-    import os
-    import signal
-    import time
     command = [sys.executable, "train_av.py", "--data", str(ravdess), "--cache", str(tmp_path / "cache"), *FAST,
                "-mod", "a", "--epochs", "3", "--trim-db", "35", "--mixup", "0.4", "--ema", "0.9"]  # numpy RNG and EMA resume too
     subprocess.run([*command, "--out", str(tmp_path / "clean")], check=True, cwd=ROOT, capture_output=True)
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([*command, "--out", str(interrupted)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (interrupted / "last.pt").is_file() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (interrupted / "metrics.json").is_file()
+    kill_after_first_checkpoint([*command, "--out", str(interrupted)], interrupted, timeout_s=120)
     subprocess.run([*command, "--out", str(interrupted), "--resume"], check=True, cwd=ROOT, capture_output=True)
     clean = json.loads((tmp_path / "clean" / "metrics.json").read_text())
     resumed = json.loads((interrupted / "metrics.json").read_text())

@@ -4,10 +4,8 @@ thresholds never see test labels, RepVGG fused == unfused, --predict writes JSON
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from models.fv2es import AUDIO_SIZES, MME2E, NestedAudioEncoder, VisualCNN
 from models.repvgg import FusedRepVGGBlock, RepVGGBlock, fuse_repvgg
 from preprocess.iemocap import CUE_WORDS, FILLER, make_iemocap
 from preprocess.mosei import make_mosei
+from processes import free_port, kill_after_first_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,13 +262,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(trees, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([*command, "--out", str(tmp_path / "clean")], check=True, cwd=ROOT, capture_output=True, env=env)
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([*command, "--out", str(interrupted)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 60
-    while not (interrupted / "last.pt").is_file() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (interrupted / "metrics.json").is_file()
+    kill_after_first_checkpoint([*command, "--out", str(interrupted)], interrupted, env=env, timeout_s=60)
     subprocess.run([*command, "--out", str(interrupted), "--resume"], check=True, cwd=ROOT, capture_output=True, env=env)
     clean = json.loads((tmp_path / "clean" / "metrics.json").read_text())
     resumed = json.loads((interrupted / "metrics.json").read_text())
@@ -277,10 +270,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(trees, tmp_path):
 
 
 def test_ddp_on_two_cpu_processes(trees, tmp_path):
-    import socket
-    with socket.socket() as probe:  # a free local port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     out = tmp_path / "ddp"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "train_fv2es.py",
                              "-lr=1e-3", "--datapath", str(trees["iemocap"]), "--cache", str(tmp_path / "cache"), "--out", str(out), *TINY,
