@@ -188,27 +188,38 @@ def iter_frames(path, *, fps=None, interval_ms=None, size=None, center_crop=Fals
         def seconds(pts):
             return float((pts - start_pts) * time_base)
 
+        def sampled(frame):
+            nonlocal start_pts, target_pts, last_pts, target_index
+            pts = frame.pts
+            if pts is None:  # rare (raw streams): assume a constant rate
+                pts = 0 if last_pts is None else last_pts + frame_ticks
+            if start_pts is None:
+                start_pts = target_pts = pts
+            last_pts = pts
+            if step is None:
+                yield seconds(pts), to_rgb(frame)
+                return
+            rgb = None
+            while pts >= target_pts:
+                rgb = to_rgb(frame) if rgb is None else rgb.copy()
+                yield float(target_index * step), rgb
+                target_index += 1
+                target_pts = start_pts + math.ceil(target_index * step / time_base)
+
         # the per-frame test is one integer comparison: pts >= the first pts at or after the target
         start_pts = target_pts = stream.start_time
         last_pts = None
         target_index = 0
+        skipping = False
         try:
-            for frame in container.decode(stream):
-                pts = frame.pts
-                if pts is None:  # rare (raw streams): assume a constant rate
-                    pts = 0 if last_pts is None else last_pts + frame_ticks
-                if start_pts is None:
-                    start_pts = target_pts = pts
-                last_pts = pts
-                if step is None:
-                    yield seconds(pts), to_rgb(frame)
-                    continue
-                rgb = None
-                while pts >= target_pts:
-                    rgb = to_rgb(frame) if rgb is None else rgb.copy()
-                    yield float(target_index * step), rgb
-                    target_index += 1
-                    target_pts = start_pts + math.ceil(target_index * step / time_base)
+            for packet in container.demux(stream):
+                # a frame shown before the pending target is never sampled (targets only grow), so when it is a
+                # non-reference frame (most B-frames) the decoder may drop it: the same frames come out, faster
+                skip = step is not None and target_pts is not None and packet.pts is not None and packet.pts < target_pts
+                if skip != skipping:
+                    stream.codec_context.skip_frame, skipping = ("NONREF" if skip else "DEFAULT"), skip
+                for frame in packet.decode():
+                    yield from sampled(frame)
         except av.FFmpegError as error:
             reached = seconds(last_pts) if last_pts is not None else 0.0
             raise MediaError(path, f"truncated or corrupt video near {reached:.2f} s "

@@ -79,6 +79,7 @@ class _SpanReader:
                                 for i in range(len(entries)) if entries[i].is_keyframe) if kind == "video" else []
         self.indexed = kind == "video" and len(self.keyframes) > 1 and self.keyframes[-1] >= self._length() - 20
         self.packets, self.held, self.reached = self.container.demux(self.stream), collections.deque(), 0.0
+        self.kind, self.span_start, self.skipping = kind, 0.0, False
 
     def _length(self):
         return float(self.stream.duration * self.stream.time_base) if self.stream.duration else float("inf")
@@ -88,6 +89,12 @@ class _SpanReader:
             packet = next(self.packets, None)
             if packet is None:
                 return None
+            # the lead-in before a span is decoded only for the frames that later ones refer to: a non-reference
+            # frame shown before the span is never written, so the decoder may drop it
+            skip = (self.kind == "video" and packet.pts is not None
+                    and float(packet.pts * self.stream.time_base) - self.origin < self.span_start)
+            if skip != self.skipping:
+                self.stream.codec_context.skip_frame, self.skipping = ("NONREF" if skip else "DEFAULT"), skip
             for frame in packet.decode():
                 if frame.pts is not None:
                     self.held.append((float(frame.pts * frame.time_base) - self.origin, self.convert(frame)))
@@ -99,6 +106,7 @@ class _SpanReader:
         self.packets, self.held = self.container.demux(self.stream), collections.deque()
 
     def span(self, span_start, span_end):
+        self.span_start = span_start
         target = max(0.0, span_start - SEEK_MARGIN_S)
         if self.indexed:
             seek = self.keyframes[max(0, bisect.bisect_right(self.keyframes, target) - 1)] > self.reached

@@ -2,6 +2,7 @@
 import math
 import tracemalloc
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -62,6 +63,33 @@ def test_without_a_rate_every_frame_comes_with_its_own_time(counting_clip):
     assert [timestamp for timestamp, _ in samples] == pytest.approx(own_times)
     assert [frame_index(frame) for _, frame in samples] == list(range(CLIP_FRAMES))
 
+
+
+@pytest.fixture(scope="module")
+def b_frame_clip(tmp_path_factory):
+    """3-s 30-fps 96x64 clip of moving noise texture: libx264 veryfast gives it B-frames, most of them non-reference."""
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (64, 96 + 3 * 90, 3), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("media") / "b_frames.mp4"
+    write_video(path, (np.ascontiguousarray(texture[:, 3 * k:3 * k + 96]) for k in range(90)), fps=30, crf=30)
+    return path
+
+
+@pytest.mark.parametrize("options", [{"fps": 1}, {"fps": 6}, {"interval_ms": 700}])
+def test_skipping_undisplayed_non_reference_frames_changes_no_sample(b_frame_clip, options):
+    """iter_frames lets the decoder drop non-reference frames that lie before the next target; the samples must be
+    exactly those of decoding every frame and taking the first one whose pts reaches each target."""
+    with av.open(str(b_frame_clip)) as container:
+        every_frame = [(frame.pts, frame.pict_type == av.video.frame.PictureType.B, frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+        time_base = container.streams.video[0].time_base
+    assert sum(is_b for _, is_b, _ in every_frame) > 20  # the clip exercises the skipping
+    step = 1 / options["fps"] if "fps" in options else options["interval_ms"] / 1000
+    samples = list(iter_frames(b_frame_clip, **options))
+    assert len(samples) == math.floor(round((len(every_frame) - 1) / 30 / step, 9)) + 1
+    for index, (timestamp, rgb) in enumerate(samples):
+        reference = next(image for pts, _, image in every_frame if pts * time_base >= index * step - 1e-9)
+        assert timestamp == pytest.approx(index * step)
+        np.testing.assert_array_equal(rgb, reference)
 
 def test_a_low_fps_video_serves_one_frame_to_several_targets(tmp_path):
     path = tmp_path / "slow.mp4"

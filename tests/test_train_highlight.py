@@ -21,7 +21,7 @@ from common import InputError
 from preprocess.aihub import chunk_bounds, make_aihub, scan_aihub
 from preprocess.fixtures import make_ravdess, solid_frame, write_video
 from preprocess.media import iter_frames, load_audio, probe
-from preprocess.report import find_segments
+from preprocess.report import find_segments, write_reel
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ("스포츠", "음식", "여행", "자동차")
@@ -160,6 +160,26 @@ def prediction(runs, aihub, tmp_path_factory):
     result = train_highlight.main(["--predict", str(video), "--ckpt", str(root / "av" / "model.pt"), "--out", str(out)])
     return video, out, result
 
+
+
+def test_reel_holds_exactly_the_segments_frames_in_order(tmp_path):
+    """6-s 30-fps clip with B-frames and few keyframes: frame k shows k % 40 on its left half and
+    k // 40 on its right half as grey levels. The reel of seconds 1 and 4 must hold frames 30-59 and 120-149, each
+    once, though the lead-in to each segment decodes only the frames later ones refer to."""
+    def frame(k):
+        rgb = np.empty((48, 64, 3), np.uint8)
+        rgb[:, :32], rgb[:, 32:] = 16 + 6 * (k % 40), 16 + 6 * (k // 40)
+        return rgb
+    source = tmp_path / "counting.mp4"
+    write_video(source, (frame(k) for k in range(180)), fps=30, audio=np.zeros(6 * 16000), sample_rate=16000)
+    with av.open(str(source)) as container:
+        kinds = [f.pict_type for f in container.decode(video=0)]
+    assert kinds.count(av.video.frame.PictureType.B) > 30
+    write_reel(source, [{"start": 1, "end": 1}, {"start": 4, "end": 4}], tmp_path / "reel.mp4")
+    with av.open(str(tmp_path / "reel.mp4")) as container:
+        shown = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    indices = [round((float(rgb[:, :32].mean()) - 16) / 6) + 40 * round((float(rgb[:, 32:].mean()) - 16) / 6) for rgb in shown]
+    assert indices == [*range(30, 60), *range(120, 150)]
 
 def test_predict_writes_scores_segments_reel_and_report(prediction):
     video, out, result = prediction
