@@ -11,9 +11,12 @@ train_highlight's format (seeded weights, offline encoders: -mod av --image-enco
 probes) are cached in the temp dir; making them is not timed. Predict runs with --fraction 0.1 --top-k 5 (the
 best 5 segments among the top 10% of seconds), so the reel holds about a tenth of the clip whatever the seeded
 weights score.
-  - timing: on the --seconds clip, best of --repeats, the bare decode, predict and predict's reel step alone
+  - timing: on the --seconds clip, best of --repeats, the bare decode (every frame, then the audio; PyAV's default
+    threading and frame threading each timed, the faster is the reference), predict and predict's reel step alone
     (write_reel on predict's segments: reel_s) taking turns;
   - memory: predict in a fresh subprocess on the --seconds and the --long-seconds clip, peak RSS (VmHWM).
+Also timed: a bare decode of the reference frames only (skip_frame NONREF), the floor of a reader that, like
+ours, lets the decoder drop the non-reference frames it will not show (pipeline_vs_reference_frames_decode_ratio).
 Prints key=value lines; the headline, last, is pipeline_vs_decode_ratio = predict / bare decode (goal <= 1.3);
 realtime_factor = video seconds / predict seconds (goal >= 10), peak_rss_ratio_20min_vs_2min (goal <= 1.1)
 and peak_rss_mb (the long clip's, goal < 2000).
@@ -36,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import train_highlight  # noqa: E402
-from bench.video import bare_decode, make_clip  # noqa: E402
+from bench.video import bare_decode, bare_decode_frame_threads, bare_decode_reference_frames, make_clip  # noqa: E402
 from common import save_checkpoint  # noqa: E402
 from models.highlight import EmotionProbe  # noqa: E402
 from preprocess.media import probe  # noqa: E402
@@ -137,7 +140,9 @@ def main():
     result = run_predict(video, ckpt, work / "warmup")  # warm-up: file cache, imports, kernels
     bare_decode(video)
     segments = result["segments"]
-    runs = {"decode": lambda: bare_decode(video), "predict": lambda: run_predict(video, ckpt, work / "timed"),
+    runs = {"decode": lambda: bare_decode(video), "decode_frame_threads": lambda: bare_decode_frame_threads(video),
+            "reference_frames": lambda: bare_decode_reference_frames(video),
+            "predict": lambda: run_predict(video, ckpt, work / "timed"),
             "reel": lambda: write_reel(video, segments, work / "reel.mp4")}  # predict's reel step alone
     best = {name: float("inf") for name in runs}
     for repeat in range(args.repeats):
@@ -145,7 +150,7 @@ def main():
             start = time.perf_counter()
             function()
             best[name] = min(best[name], time.perf_counter() - start)
-    decode_s, predict_s, reel_s = best["decode"], best["predict"], best["reel"]
+    decode_s, predict_s, reel_s = min(best["decode"], best["decode_frame_threads"]), best["predict"], best["reel"]
     if args.profile:
         profiler = cProfile.Profile()
         profiler.runcall(run_predict, video, ckpt, work / "profiled")
@@ -160,10 +165,13 @@ def main():
     print(f"load_average_1min={os.getloadavg()[0]:.2f} torch_threads={torch.get_num_threads()}")
     print(f"video_seconds={info['duration_s']:.2f} seconds_scored={len(result['scores'])} "
           f"segments={len(segments)} reel_seconds={sum(s['end'] - s['start'] + 1 for s in segments)}")
+    print(f"decode_default_threads_s={best['decode']:.3f} decode_frame_threads_s={best['decode_frame_threads']:.3f}")
     print(f"decode_s={decode_s:.3f}")
     print(f"pipeline_s={predict_s:.3f}")
     print(f"reel_s={reel_s:.3f}")
     print(f"pipeline_without_reel_vs_decode_ratio={(predict_s - reel_s) / decode_s:.3f}")
+    print(f"reference_frames_decode_s={best['reference_frames']:.3f}")
+    print(f"pipeline_vs_reference_frames_decode_ratio={predict_s / best['reference_frames']:.3f}")
     print(f"peak_rss_mb_{args.seconds}s={rss_short:.0f}")
     print(f"peak_rss_mb={rss_long:.0f}")
     lengths = "20min_vs_2min" if (args.seconds, args.long_seconds) == (120, 1200) else f"{args.long_seconds}s_vs_{args.seconds}s"

@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from common import atomic_write
-from preprocess.media import MediaError, _open_container
+from preprocess.media import MediaError, _open_container, use_decoder_threads
 
 
 def find_segments(scores, *, threshold=None, fraction=None, merge_gap=2, min_segment=2, top_k=None):
@@ -71,7 +71,7 @@ class _SpanReader:
             if other is not self.stream:
                 other.discard = av.stream.Discard.all
         if kind == "video":
-            self.stream.thread_type = "AUTO"
+            use_decoder_threads(self.stream)
         self.convert, self.duration = convert, duration
         self.origin = float(self.stream.start_time * self.stream.time_base) if self.stream.start_time is not None else 0.0
         entries = self.stream.index_entries  # mp4: complete; mkv/webm: filled lazily, so only trusted for mp4-like files
