@@ -63,8 +63,6 @@ def build_parser():
     features.add_argument("--text-finetune-lr", type=float, default=5e-5, help="AdamW learning rate of that fine-tuning, linear decay (default %(default)s)")
     features.add_argument("--text-context", type=int, default=0, help="encode each utterance together with the previous N utterances of its dialogue (as 'Speaker: text' after [SEP]; "
                           "attention sees them, only the utterance's own tokens are pooled); 0 = the utterance alone (default %(default)s)")
-    features.add_argument("--text-crossfit", type=int, default=0, help="K >= 2: fine-tune K encoders, each on the train dialogues outside one of K folds; "
-                          "train utterances are embedded out of fold, dev/test by the mean of the K (needs --text-finetune-epochs; 0 = one encoder on all of train) (default %(default)s)")
     features.add_argument("--text-max-length", type=int, default=128, help="tokens per utterance, longer ones are cut (default %(default)s)")
     features.add_argument("--audio-model", help="local wav2vec2 folder (e.g. wav2vec2-base-960h); adds its 768-d mean to the 25 MFCC means + 5 prosody values")
     features.add_argument("--video-weights", help="torchvision ResNet-50 ImageNet state dict (.pth or folder with resnet50*.pth); a seeded random ResNet-50 without it")
@@ -126,17 +124,12 @@ def file_fingerprint(folder):
 
 class TextFeatures:
     """(N, hidden) float32 sentence embeddings of one split's CSV, cached as one array per split. With
-    --text-finetune-epochs the encoder is first fine-tuned on the train split's texts and labels only. With
-    --text-crossfit K, K encoders are fine-tuned, encoder k on the train dialogues outside fold k (dialogue id % K):
-    a train utterance is embedded by the encoder that never saw it (as dev and test utterances are), and dev/test
-    utterances by the mean of the K encoders, so the dialogue model does not learn to trust memorised train features."""
+    --text-finetune-epochs the encoder is first fine-tuned on the train split's texts and labels only."""
 
     def __init__(self, splits, args, device):
         if not args.text_encoder:
             raise InputError("-mod with t needs --text-encoder DIR (run `make weights` for weights/all-MiniLM-L6-v2)")
-        if args.text_crossfit == 1 or (args.text_crossfit and not args.text_finetune_epochs):
-            raise InputError("--text-crossfit needs K >= 2 and --text-finetune-epochs N")
-        self.train, self.args, self.device, self.encoders = splits["train"], args, device, None
+        self.train, self.args, self.device, self.encoder = splits["train"], args, device, None
         self.settings = {"text_encoder": file_fingerprint(args.text_encoder), "max_length": args.text_max_length}
         if args.text_context:
             self.settings["context"] = args.text_context
@@ -145,26 +138,16 @@ class TextFeatures:
         if args.text_finetune_epochs:
             self.settings["finetune"] = {"epochs": args.text_finetune_epochs, "lr": args.text_finetune_lr, "seed": args.seed,
                                          "class_weights": args.class_weights, "train_csv": file_fingerprint(Path(args.data) / SPLIT_CSV["train"])}
-        if args.text_crossfit:
-            self.settings["crossfit"] = args.text_crossfit
 
-    def fold_of(self, utterance):
-        return utterance.dialogue % self.args.text_crossfit
-
-    def build_encoder(self, train):
+    def build_encoder(self):
         encoder = SentenceEncoder(self.args.text_encoder, device=self.device, max_length=self.args.text_max_length)
         if self.args.text_finetune_epochs:
-            labels = [EMOTIONS.index(u.emotion) for u in train]
+            labels = [EMOTIONS.index(u.emotion) for u in self.train]
             weights = torch.tensor(CLASS_WEIGHTS[self.args.class_weights](np.bincount(labels, minlength=len(EMOTIONS))), dtype=torch.float32)
-            encoder.finetune([u.text for u in train], labels, contexts=self.contexts(train), num_classes=len(EMOTIONS), epochs=self.args.text_finetune_epochs,
+            encoder.finetune([u.text for u in self.train], labels, contexts=self.contexts(self.train), num_classes=len(EMOTIONS), epochs=self.args.text_finetune_epochs,
                              lr=self.args.text_finetune_lr, class_weights=weights, seed=self.args.seed,
                              progress=lambda items, desc: progress(items, desc=desc, leave=False))
         return encoder
-
-    def build_encoders(self):
-        if not self.args.text_crossfit:
-            return [self.build_encoder(self.train)]
-        return [self.build_encoder([u for u in self.train if self.fold_of(u) != fold]) for fold in range(self.args.text_crossfit)]
 
     def contexts(self, utterances):
         """Per utterance, its dialogue's previous --text-context utterances as 'Speaker: text ...' (None without context)."""
@@ -176,32 +159,18 @@ class TextFeatures:
                 previous[utterance.key] = " ".join(f"{u.speaker}: {u.text}" for u in group[max(0, position - self.args.text_context):position])
         return [previous[u.key] for u in utterances]
 
-    def embed(self, encoder, split, utterances):
-        contexts = self.contexts(utterances)
-        order = np.argsort([len(u.text) + (len(contexts[i]) if contexts else 0) for i, u in enumerate(utterances)])  # similar lengths share a batch
-        embeddings = np.zeros((len(utterances), encoder.model.config.hidden_size), np.float32)
-        for start in progress(range(0, len(order), 64), desc=f"encoding {split} text", leave=False):
-            rows = order[start:start + 64]
-            with autocast(self.device, self.args.amp):
-                encoded = encoder([utterances[i].text for i in rows], None if contexts is None else [contexts[i] for i in rows])
-            embeddings[rows] = encoded.float().numpy()
-        return embeddings
-
     def __call__(self, split, utterances):
         def compute():
-            self.encoders = self.encoders or self.build_encoders()
-            if len(self.encoders) == 1:
-                return self.embed(self.encoders[0], split, utterances)
-            if split == "train":  # out of fold: each dialogue by the encoder fine-tuned without it
-                embeddings = None
-                for fold, encoder in enumerate(self.encoders):
-                    rows = [i for i, u in enumerate(utterances) if self.fold_of(u) == fold]
-                    part = self.embed(encoder, f"{split} fold {fold + 1}", [utterances[i] for i in rows])
-                    embeddings = np.zeros((len(utterances), part.shape[1]), np.float32) if embeddings is None else embeddings
-                    embeddings[rows] = part
-                return embeddings
-            mean = np.mean([self.embed(encoder, split, utterances) for encoder in self.encoders], axis=0)
-            return (mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-12)).astype(np.float32)
+            self.encoder = self.encoder or self.build_encoder()
+            contexts = self.contexts(utterances)
+            order = np.argsort([len(u.text) + (len(contexts[i]) if contexts else 0) for i, u in enumerate(utterances)])  # similar lengths share a batch
+            embeddings = np.zeros((len(utterances), self.encoder.model.config.hidden_size), np.float32)
+            for start in progress(range(0, len(order), 64), desc=f"encoding {split} text", leave=False):
+                rows = order[start:start + 64]
+                with autocast(self.device, self.args.amp):
+                    encoded = self.encoder([utterances[i].text for i in rows], None if contexts is None else [contexts[i] for i in rows])
+                embeddings[rows] = encoded.float().numpy()
+            return embeddings
         return cached_array(self.args.cache, Path(self.args.data) / SPLIT_CSV[split], self.settings, compute)
 
 

@@ -111,40 +111,6 @@ def test_no_test_row_reaches_training(meld, text_encoder, cache, tmp_path, monke
     assert {"dev", "test"} <= set(metrics["svm"])
 
 
-
-def test_crossfit_embeds_each_train_dialogue_with_the_encoder_that_never_saw_it(meld, text_encoder, tmp_path, monkeypatch):
-    fine_tuned_on, embedded = {}, []
-    real_build, real_embed = train_meld.TextFeatures.build_encoder, train_meld.TextFeatures.embed
-
-    def recording_build(self, train):
-        encoder = real_build(self, train)
-        fine_tuned_on[id(encoder)] = {u.key for u in train}
-        return encoder
-
-    def recording_embed(self, encoder, split, utterances):
-        embedded.append((id(encoder), split, [u.key for u in utterances]))
-        return real_embed(self, encoder, split, utterances)
-
-    monkeypatch.setattr(train_meld.TextFeatures, "build_encoder", recording_build)
-    monkeypatch.setattr(train_meld.TextFeatures, "embed", recording_embed)
-    metrics = run(meld, text_encoder, tmp_path / "cache", tmp_path / "run", "-mod", "t", "--epochs", "2",
-                  "--text-finetune-epochs", "1", "--text-crossfit", "2")
-    train = {u.key: u for u in read_split(meld, "train")}
-    assert len(fine_tuned_on) == 2 and all(keys <= set(train) for keys in fine_tuned_on.values())  # never dev or test
-    assert sorted(len(keys) for keys in fine_tuned_on.values()) == sorted(sum(u.dialogue % 2 != fold for u in train.values()) for fold in (0, 1))
-    train_calls = [(encoder, keys) for encoder, split, keys in embedded if split.startswith("train")]
-    assert sorted(key for _, keys in train_calls for key in keys) == sorted(train)  # each train utterance once
-    for encoder, keys in train_calls:
-        assert not set(keys) & fine_tuned_on[encoder]
-        assert len({train[key].dialogue % 2 for key in keys}) == 1  # one fold per encoder
-    for split in ("dev", "test"):
-        assert sorted(encoder for encoder, name, _ in embedded if name == split) == sorted(fine_tuned_on)
-    assert metrics["dev"]["weighted_f1"] >= 0
-    # K = 1, and cross-fitting without fine-tuning, are refused
-    for bad in (["--text-crossfit", "1", "--text-finetune-epochs", "1"], ["--text-crossfit", "2"]):
-        with pytest.raises(train_meld.InputError, match="--text-crossfit"):
-            run(meld, text_encoder, tmp_path / "cache", tmp_path / "bad", "-mod", "t", *bad)
-
 def test_train_and_dev_only(meld, text_encoder, cache, tmp_path, capsys):
     data = tmp_path / "meld"
     shutil.copytree(meld, data)
