@@ -79,7 +79,6 @@ def build_parser():
     train.add_argument("--label-smoothing", type=float, default=0.1, help="(default %(default)s)")
     train.add_argument("--mixup", type=float, default=0.0, help="mixup: each batch is mixed with a shuffled copy of itself (waveforms, frames and labels) at a ratio drawn from Beta(A, A); 0 = off (default %(default)s)")
     train.add_argument("--ema", type=float, default=0.0, help="evaluate and keep an exponential moving average of the weights with this decay per step (e.g. 0.99); 0 = off (default %(default)s)")
-    train.add_argument("--ensemble", type=int, default=1, help="train K models per split (seeds SEED, SEED+1000, ...), each picking its own checkpoint on validation; val/test/predict use their mean probabilities (default %(default)s)")
     train.add_argument("--select", default="accuracy", choices=["accuracy", "macro_f1"], help="validation metric that picks the checkpoint (default %(default)s)")
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes: reading and cropping the cached clips overlaps the model's compute (default %(default)s)")
     train.add_argument("--amp", action="store_true", help="bf16 autocast of the forward passes (for CUDA; runs on the CPU too, slower)")
@@ -263,50 +262,6 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
     eval_loaders = {part: DataLoader(datasets[part], batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers,
                                      pin_memory=device.type == "cuda")
                     for part in ("val", "test") if split[part]}
-    member_dirs = [split_dir] if args.ensemble == 1 else [split_dir / f"member_{m + 1}" for m in range(args.ensemble)]
-    best_epochs = [train_member(member_dir, f"{name}{'' if args.ensemble == 1 else f' member {m + 1}'}", args.seed + 1000 * m,
-                                datasets, train_loader, sampler, generator, eval_loaders, class_names, args, device, dist)
-                   for m, member_dir in enumerate(member_dirs)]
-    if not dist.is_main:
-        return None, None, None
-    members = []
-    for member_dir in member_dirs:
-        member = build_model(vars(args), len(class_names)).to(device)
-        member.load_state_dict(load_checkpoint(member_dir / "model.pt")["model"])
-        members.append(member)
-    if args.ensemble > 1:  # one model.pt for --predict: every member's weights
-        save_checkpoint(split_dir / "model.pt", {"ensemble": [m.state_dict() for m in members], "epoch": best_epochs,
-                                                 "args": vars(args), "class_names": class_names})
-    selection = f"best validation {args.select}" if "val" in eval_loaders else "last epoch, no validation split"
-    chosen = ", ".join(str(epoch + 1) for epoch in best_epochs)
-    metrics = {"protocol": f"actor-disjoint; checkpoint = {selection} (epoch {chosen})"
-                           f"{f'; mean probabilities of {args.ensemble} models (seeds differ)' if args.ensemble > 1 else ''}; "
-                           "majority baseline = most frequent training class",
-               "train_groups": sorted({t.group for t in split["train"]})}
-    test_probabilities, test_labels = np.zeros((0, len(class_names))), np.zeros(0, dtype=int)
-    for part in ("val", "test"):
-        if part in eval_loaders:
-            predictions = [predict_probabilities(member, eval_loaders[part], device, amp=args.amp) for member in members]
-            probabilities, labels = np.mean([p for p, _ in predictions], axis=0), predictions[0][1]
-            metrics[part] = classification_report(labels, probabilities.argmax(1), class_names=class_names,
-                                                  train_labels=datasets["train"].label_ids)
-            metrics[part]["groups"] = sorted({t.group for t in split[part]})
-            if args.ensemble > 1:
-                metrics[part]["member_accuracy"] = [float((p.argmax(1) == labels).mean()) for p, _ in predictions]
-            if part == "test":
-                test_probabilities, test_labels = probabilities, labels
-        else:
-            print(f"{name}: no {part} actors/groups in the data, {part} metrics skipped")
-    atomic_write(split_dir / "test_predictions.npz", lambda f: np.savez(f, probabilities=test_probabilities, labels=test_labels))
-    write_json(split_dir / "metrics.json", metrics)
-    return metrics, test_probabilities, test_labels
-
-
-def train_member(member_dir, name, seed, datasets, train_loader, sampler, generator, eval_loaders, class_names, args, device, dist):
-    """Train one model with this seed (a new initialisation and shuffle order for each ensemble member), keep its
-    best-on-validation weights in member_dir/model.pt (last.pt for --resume). Returns the best epoch."""
-    if seed != args.seed:
-        seed_everything(seed)
     model = build_model(vars(args), len(class_names)).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
@@ -317,15 +272,15 @@ def train_member(member_dir, name, seed, datasets, train_loader, sampler, genera
     evaluated = ema.module if ema is not None else model  # the weights validation sees and model.pt keeps
     train_counts = np.bincount(datasets["train"].label_ids, minlength=len(class_names))
     start_epoch, best_score, best_epoch = 0, -1.0, -1
-    if args.resume and (member_dir / "last.pt").is_file():
-        start_epoch, best_score, best_epoch = resume_training_state(member_dir / "last.pt", model=model, optimizer=optimizer,
+    if args.resume and (split_dir / "last.pt").is_file():
+        start_epoch, best_score, best_epoch = resume_training_state(split_dir / "last.pt", model=model, optimizer=optimizer,
                                                                    scheduler=scheduler, ema=ema)
     checkpoint_info = {"args": vars(args), "class_names": class_names, "train_class_counts": train_counts.tolist()}
     for epoch in range(start_epoch, args.epochs):
         train_model.train()
         if sampler is not None:
             sampler.set_epoch(epoch)
-        generator.manual_seed(seed + epoch)
+        generator.manual_seed(args.seed + epoch)
         started, loss_sum = time.time(), 0.0
         for batch in progress(train_loader, enabled=dist.is_main, desc=f"{name} epoch {epoch + 1}/{args.epochs}", leave=False):
             batch = to_device(batch, device)
@@ -351,15 +306,35 @@ def train_member(member_dir, name, seed, datasets, train_loader, sampler, genera
             improved = val[args.select] > best_score
             if improved:
                 best_score, best_epoch = val[args.select], epoch
-                save_checkpoint(member_dir / "model.pt", {"model": evaluated.state_dict(), "epoch": epoch, **checkpoint_info})
-            save_training_state(member_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                save_checkpoint(split_dir / "model.pt", {"model": evaluated.state_dict(), "epoch": epoch, **checkpoint_info})
+            save_training_state(split_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
                                 epoch=epoch, best_score=best_score, best_epoch=best_epoch)
             scores = f"  val accuracy {val['accuracy']:.3f}  macro-F1 {val['macro_f1']:.3f}" if "val" in eval_loaders else ""
             print(f"{name} epoch {epoch + 1}: loss {loss_sum / max(1, len(train_loader)):.3f}{scores}"
                   f"{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
         if dist.enabled:
             torch.distributed.barrier()
-    return best_epoch
+    if not dist.is_main:
+        return None, None, None
+    model.load_state_dict(load_checkpoint(split_dir / "model.pt")["model"])
+    selection = f"best validation {args.select}" if "val" in eval_loaders else "last epoch, no validation split"
+    metrics = {"protocol": f"actor-disjoint; checkpoint = {selection} (epoch {best_epoch + 1}); "
+                           "majority baseline = most frequent training class",
+               "train_groups": sorted({t.group for t in split["train"]})}
+    test_probabilities, test_labels = np.zeros((0, len(class_names))), np.zeros(0, dtype=int)
+    for part in ("val", "test"):
+        if part in eval_loaders:
+            probabilities, labels = predict_probabilities(model, eval_loaders[part], device, amp=args.amp)
+            metrics[part] = classification_report(labels, probabilities.argmax(1), class_names=class_names,
+                                                  train_labels=datasets["train"].label_ids)
+            metrics[part]["groups"] = sorted({t.group for t in split[part]})
+            if part == "test":
+                test_probabilities, test_labels = probabilities, labels
+        else:
+            print(f"{name}: no {part} actors/groups in the data, {part} metrics skipped")
+    atomic_write(split_dir / "test_predictions.npz", lambda f: np.savez(f, probabilities=test_probabilities, labels=test_labels))
+    write_json(split_dir / "metrics.json", metrics)
+    return metrics, test_probabilities, test_labels
 
 
 def predict_files(args):
@@ -367,11 +342,9 @@ def predict_files(args):
         raise InputError("--predict needs --ckpt RUN/model.pt")
     state = load_checkpoint(args.ckpt)
     settings = {**state["args"], "video_weights": None}  # the checkpoint already holds the trained trunk
-    members = []
-    for weights in state.get("ensemble") or [state["model"]]:
-        members.append(build_model(settings, len(state["class_names"])))
-        members[-1].load_state_dict(weights)
-        members[-1].eval()
+    model = build_model(settings, len(state["class_names"]))
+    model.load_state_dict(state["model"])
+    model.eval()
     results = []
     for path in args.predict:
         item = {}
@@ -384,7 +357,7 @@ def predict_files(args):
             frames = frames[np.linspace(0, len(frames) - 1, min(len(frames), settings["max_frames"])).round().astype(int)]
             item.update(frames=torch.from_numpy(frames)[None], frame_lengths=torch.tensor([len(frames)]))
         with torch.no_grad():
-            probabilities = torch.stack([member(item).softmax(-1)[0] for member in members]).mean(0).tolist()
+            probabilities = model(item).softmax(-1)[0].tolist()
         ranked = sorted(zip(state["class_names"], probabilities), key=lambda pair: -pair[1])
         results.append({"file": str(path), "prediction": ranked[0][0], "probabilities": dict(ranked)})
         print(json.dumps(results[-1]))

@@ -6,9 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 import train_av
 from common import InputError
@@ -150,22 +148,6 @@ def test_kill_and_resume_gives_the_uninterrupted_result(ravdess, tmp_path):
     assert resumed["val"] == clean["val"] and resumed["test"] == clean["test"]
     with pytest.raises(InputError, match="--resume needs"):
         train_av.main([*command[2:], "--out", str(interrupted), "--resume", "--epochs", "5"])
-
-
-def test_ensemble_averages_its_members_and_predicts_with_all_of_them(ravdess, tmp_path):
-    out, metrics = run(ravdess, tmp_path, "-mod", "a", "--ensemble", "2")
-    members = [torch.load(out / f"member_{m}" / "model.pt", weights_only=True) for m in (1, 2)]
-    assert members[0]["model"].keys() == members[1]["model"].keys()
-    assert any(not torch.equal(members[0]["model"][k], members[1]["model"][k]) for k in members[0]["model"])  # seeds differ
-    combined = torch.load(out / "model.pt", weights_only=True)
-    assert len(combined["ensemble"]) == 2 and len(metrics["test"]["member_accuracy"]) == 2
-    clip = next((ravdess / "Actor_06").glob("03-*.wav"))
-    [mean] = train_av.main(["--predict", str(clip), "--ckpt", str(out / "model.pt")])
-    singles = [train_av.main(["--predict", str(clip), "--ckpt", str(out / f"member_{m}" / "model.pt")])[0] for m in (1, 2)]
-    for emotion, probability in mean["probabilities"].items():  # the ensemble is the mean of its members' probabilities
-        assert probability == pytest.approx((singles[0]["probabilities"][emotion] + singles[1]["probabilities"][emotion]) / 2, abs=1e-6)
-    saved = np.load(out / "test_predictions.npz")
-    assert saved["probabilities"].shape == (15, 8)
 
 
 def test_mixup_blends_inputs_targets_and_lengths():
