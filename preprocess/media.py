@@ -212,13 +212,12 @@ def iter_frames(path, *, fps=None, interval_ms=None, size=None, center_crop=Fals
                 yield seconds(pts), to_rgb(frame)
                 return
             rgb = None
-            while pts >= target_pts:
+            while pts >= target_pts:  # one integer comparison: target_pts is the first pts at or after the target
                 rgb = to_rgb(frame) if rgb is None else rgb.copy()
                 yield float(target_index * step), rgb
                 target_index += 1
                 target_pts = start_pts + math.ceil(target_index * step / time_base)
 
-        # the per-frame test is one integer comparison: pts >= the first pts at or after the target
         start_pts = target_pts = stream.start_time
         last_pts = None
         target_index = 0
