@@ -28,16 +28,16 @@ def conv_bn_relu(in_channels, out_channels, *, dims):
 
 class MelEncoder(nn.Module):
     """Waveform (B, S) at 16 kHz -> (B, 3 * width). Log-mel (64 bins, 25 ms window, 10 ms hop), each
-    utterance standardised over its real frames; while training: one random speed factor per batch
+    utterance standardised over its real frames (per mel bin, or as a whole: standardise_log_mels); while training: one random speed factor per batch
     (time stretch of the log-mel), a random shift of up to `max_bin_shift` mel bins per utterance (voice
     pitch/formant variation between speakers) and SpecAugment masks. A 2-D CNN (three conv + 2x2 max-pool
     blocks) sees local time-frequency patterns, its frequency axis is then folded into channels for a 1-D
     CNN over time, and attentive, max and standard-deviation pooling over real frames give the vector."""
 
     def __init__(self, *, n_mels=64, widths_2d=(16, 32, 64), width=256, speed_range=0.15, max_bin_shift=3,
-                 freq_masks=2, freq_mask_bins=10, time_masks=2, time_mask_frames=40, dropout=0.3):
+                 freq_masks=2, freq_mask_bins=10, time_masks=2, time_mask_frames=40, dropout=0.3, norm="bin"):
         super().__init__()
-        self.hop_length, self.n_mels = 160, n_mels
+        self.hop_length, self.n_mels, self.norm = 160, n_mels, norm
         self.speed_range, self.max_bin_shift = speed_range, max_bin_shift
         self.freq_masks, self.freq_mask_bins = freq_masks, freq_mask_bins
         self.time_masks, self.time_mask_frames = time_masks, time_mask_frames
@@ -77,13 +77,7 @@ class MelEncoder(nn.Module):
         with torch.autocast(waves.device.type, enabled=False):
             log_mels = log_mel(waves.float(), n_mels=self.n_mels, hop_length=self.hop_length)  # (B, M, F)
         frame_counts = (lengths // self.hop_length + 1).clamp(max=log_mels.shape[-1])
-        # one mean and std per utterance over all bins and real frames: removes recording gain but keeps
-        # the spectral shape (per-bin normalisation would erase a steady pitch or spectral tilt)
-        real = (~padding_mask(frame_counts, log_mels.shape[-1]))[:, None, :].to(log_mels.dtype).expand_as(log_mels)
-        count = real.sum((1, 2), keepdim=True)
-        mean = (log_mels * real).sum((1, 2), keepdim=True) / count
-        std = (((log_mels - mean) * real) ** 2).sum((1, 2), keepdim=True).div(count).sqrt()
-        log_mels = (log_mels - mean) / (std + 1e-5) * real  # padding stays exactly 0
+        log_mels = standardise_log_mels(log_mels, frame_counts, per_bin=self.norm == "bin")
         if self.training:
             log_mels, frame_counts = self.augment(log_mels, frame_counts)
         hidden = self.cnn_2d(log_mels.unsqueeze(1))  # (B, C, M / r, F / r)
@@ -92,6 +86,19 @@ class MelEncoder(nn.Module):
         attended = self.attention_pool(hidden, key_padding_mask=is_pad)
         peak = hidden.masked_fill(is_pad[:, :, None], float("-inf")).amax(dim=1)
         return self.dropout(torch.cat([attended, peak, masked_std(hidden, is_pad)], dim=1))  # (B, 3 * width)
+
+
+def standardise_log_mels(log_mels, frame_counts, *, per_bin):
+    """log-mels (B, M, F) standardised over each clip's real frames; padding stays exactly 0. per_bin: each mel
+    bin by its own mean and std (CMVN: removes the clip's average spectrum, so a speaker's steady spectral tilt and
+    formant colouring, along with the recording channel; RAVDESS 5-fold by actor: see README); otherwise one mean
+    and std per clip over all bins (removes only the gain, keeps the spectral shape)."""
+    real = (~padding_mask(frame_counts, log_mels.shape[-1]))[:, None, :].to(log_mels.dtype).expand_as(log_mels)
+    axes = 2 if per_bin else (1, 2)
+    count = real.sum(axes, keepdim=True)
+    mean = (log_mels * real).sum(axes, keepdim=True) / count
+    std = (((log_mels - mean) * real) ** 2).sum(axes, keepdim=True).div(count).sqrt()
+    return (log_mels - mean) / (std + 1e-5) * real
 
 
 def masked_std(x, is_pad):
@@ -124,7 +131,8 @@ class Wav2Vec2Encoder(nn.Module):
 
 
 AUDIO_ENCODERS = {
-    "mel": lambda args: MelEncoder(n_mels=args.n_mels, max_bin_shift=args.max_bin_shift),
+    # checkpoints from before --mel-norm were trained with one mean and std per clip
+    "mel": lambda args: MelEncoder(n_mels=args.n_mels, max_bin_shift=args.max_bin_shift, norm=getattr(args, "mel_norm", "clip")),
     "wav2vec2": lambda args: Wav2Vec2Encoder(model_name=args.audio_model, trainable_layers=args.audio_trainable_layers),
 }
 

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import train_av
 from common import InputError
+from models.av_emotion import standardise_log_mels
 from preprocess.fixtures import make_ravdess
 from processes import kill_after_first_checkpoint
 
@@ -48,9 +50,9 @@ def test_every_modality_trains_and_predicts(ravdess, tmp_path, modalities):
 
 @pytest.mark.parametrize("modalities", ["a", "v"])
 def test_planted_signal_is_learned(ravdess, tmp_path, modalities):
-    # the planted audio cue is an absolute tone frequency one mel bin per class apart, so the bin-shift
-    # augmentation (meant for voices) is switched off here
-    _, metrics = run(ravdess, tmp_path, "-mod", modalities, "--epochs", "12", "--max-bin-shift", "0")
+    # the planted audio cue is a steady tone at an absolute frequency one mel bin per class apart: the bin-shift
+    # augmentation and the per-bin normalisation (both meant to remove a speaker's steady spectrum) would erase it
+    _, metrics = run(ravdess, tmp_path, "-mod", modalities, "--epochs", "12", "--max-bin-shift", "0", "--mel-norm", "clip")
     # 8 classes: chance is 1/8; the planted tone / hue separates them
     assert metrics["test"]["accuracy"] >= 0.6, metrics["test"]
     assert metrics["test"]["accuracy"] > metrics["test"]["majority_baseline_accuracy"] + 0.3
@@ -149,6 +151,43 @@ def test_kill_and_resume_gives_the_uninterrupted_result(ravdess, tmp_path):
     with pytest.raises(InputError, match="--resume needs"):
         train_av.main([*command[2:], "--out", str(interrupted), "--resume", "--epochs", "5"])
 
+
+
+@pytest.mark.parametrize("per_bin", [True, False])
+def test_log_mel_standardisation_uses_real_frames_only(per_bin):
+    torch.manual_seed(0)
+    frame_counts = torch.tensor([50, 17])
+    log_mels = torch.randn(2, 8, 50) * 3 + torch.linspace(-5, 5, 8)[None, :, None]  # (B, M, F), a spectral tilt
+    log_mels[1, :, 17:] = 1e6  # padding: must not count and must come out 0
+    out = standardise_log_mels(log_mels, frame_counts, per_bin=per_bin)
+    assert torch.equal(out[1, :, 17:], torch.zeros(8, 33))
+    for row, count in enumerate(frame_counts.tolist()):
+        real = out[row, :, :count].double()
+        if per_bin:  # every bin: mean 0, std 1
+            torch.testing.assert_close(real.mean(1), torch.zeros(8, dtype=torch.float64), atol=1e-5, rtol=0)
+            torch.testing.assert_close(real.std(1, unbiased=False), torch.ones(8, dtype=torch.float64), atol=1e-4, rtol=0)
+        else:  # the clip as a whole: mean 0, std 1, the tilt kept
+            assert abs(real.mean()) < 1e-5 and abs(real.std(unbiased=False) - 1) < 1e-4
+            assert real.mean(1)[-1] - real.mean(1)[0] > 1.0
+
+
+def test_per_bin_standardisation_removes_a_speakers_steady_spectrum():
+    """The same utterance with a constant per-bin offset and gain (a vocal-tract / channel colouring) standardises
+    to the same array per bin, not per clip."""
+    torch.manual_seed(0)
+    utterance, frame_counts = torch.randn(1, 8, 40), torch.tensor([40])
+    coloured = utterance * torch.linspace(0.5, 2.0, 8)[None, :, None] + torch.linspace(-4, 4, 8)[None, :, None]
+    torch.testing.assert_close(standardise_log_mels(coloured, frame_counts, per_bin=True),
+                               standardise_log_mels(utterance, frame_counts, per_bin=True), atol=1e-4, rtol=0)
+    assert not torch.allclose(standardise_log_mels(coloured, frame_counts, per_bin=False),
+                              standardise_log_mels(utterance, frame_counts, per_bin=False), atol=1e-2)
+
+
+def test_checkpoints_from_before_mel_norm_keep_the_per_clip_normalisation():
+    settings = vars(train_av.build_parser().parse_args(["--data", "x", "-mod", "a"]))
+    assert train_av.build_model(settings, 8).audio.norm == "bin"
+    del settings["mel_norm"]  # a checkpoint's args written before the flag existed
+    assert train_av.build_model(settings, 8).audio.norm == "clip"
 
 def test_mixup_blends_inputs_targets_and_lengths():
     import torch
