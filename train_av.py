@@ -62,7 +62,7 @@ def build_parser():
     model.add_argument("--audio-model", default="facebook/wav2vec2-base", help="wav2vec2 name or local directory (default %(default)s)")
     model.add_argument("--audio-trainable-layers", type=int, default=2, help="wav2vec2 transformer layers fine-tuned from the top (default %(default)s)")
     model.add_argument("--n-mels", type=int, default=64, help="mel encoder: mel bins, a multiple of 8 (default %(default)s)")
-    model.add_argument("--mel-norm", default="bin", choices=["bin", "clip"], help="mel encoder: standardise each mel bin over the clip's frames (bin: CMVN, removes the speaker's average spectrum) or the clip as a whole (clip: gain only) (default %(default)s)")
+    model.add_argument("--mel-norm", default="clip", choices=["clip", "bin"], help="mel encoder: standardise the clip as a whole (clip: gain only) or each mel bin over the clip's frames (bin: CMVN, removes the speaker's average spectrum and the channel; RAVDESS 5-fold 0.585 against 0.591) (default %(default)s)")
     model.add_argument("--max-bin-shift", type=int, default=3, help="mel encoder augmentation: random shift of up to N mel bins per training clip, 0 = off (default %(default)s)")
     model.add_argument("--trim-db", type=float, default=35.0, help="cut leading/trailing audio quieter than this many dB below the loudest 25-ms frame (0.1 s kept each side); 0 = off (default %(default)s)")
     model.add_argument("--max-audio-seconds", type=float, default=6.0, help="longer audio is cut (random window in training, centre in evaluation) (default %(default)s)")

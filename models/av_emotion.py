@@ -35,7 +35,7 @@ class MelEncoder(nn.Module):
     CNN over time, and attentive, max and standard-deviation pooling over real frames give the vector."""
 
     def __init__(self, *, n_mels=64, widths_2d=(16, 32, 64), width=256, speed_range=0.15, max_bin_shift=3,
-                 freq_masks=2, freq_mask_bins=10, time_masks=2, time_mask_frames=40, dropout=0.3, norm="bin"):
+                 freq_masks=2, freq_mask_bins=10, time_masks=2, time_mask_frames=40, dropout=0.3, norm="clip"):
         super().__init__()
         self.hop_length, self.n_mels, self.norm = 160, n_mels, norm
         self.speed_range, self.max_bin_shift = speed_range, max_bin_shift
@@ -91,7 +91,7 @@ class MelEncoder(nn.Module):
 def standardise_log_mels(log_mels, frame_counts, *, per_bin):
     """log-mels (B, M, F) standardised over each clip's real frames; padding stays exactly 0. per_bin: each mel
     bin by its own mean and std (CMVN: removes the clip's average spectrum, so a speaker's steady spectral tilt and
-    formant colouring, along with the recording channel; RAVDESS 5-fold by actor: see README); otherwise one mean
+    formant colouring, along with the recording channel; on RAVDESS 5-fold by actor no better: README); otherwise one mean
     and std per clip over all bins (removes only the gain, keeps the spectral shape)."""
     real = (~padding_mask(frame_counts, log_mels.shape[-1]))[:, None, :].to(log_mels.dtype).expand_as(log_mels)
     axes = 2 if per_bin else (1, 2)
@@ -131,7 +131,7 @@ class Wav2Vec2Encoder(nn.Module):
 
 
 AUDIO_ENCODERS = {
-    # checkpoints from before --mel-norm were trained with one mean and std per clip
+    # checkpoints from before --mel-norm were trained with one mean and std per clip (the default)
     "mel": lambda args: MelEncoder(n_mels=args.n_mels, max_bin_shift=args.max_bin_shift, norm=getattr(args, "mel_norm", "clip")),
     "wav2vec2": lambda args: Wav2Vec2Encoder(model_name=args.audio_model, trainable_layers=args.audio_trainable_layers),
 }
