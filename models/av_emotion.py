@@ -28,8 +28,8 @@ def conv_bn_relu(in_channels, out_channels, *, dims):
 
 class MelEncoder(nn.Module):
     """Waveform (B, S) at 16 kHz -> (B, 3 * width). Log-mel (64 bins, 25 ms window, 10 ms hop), each
-    utterance standardised over its real frames (per mel bin, or as a whole: standardise_log_mels); while training: one random speed factor per batch
-    (time stretch of the log-mel), a random shift of up to `max_bin_shift` mel bins per utterance (voice
+    utterance standardised over its real frames (as a whole, or per mel bin: standardise_log_mels); while
+    training: one random speed factor per batch (time stretch of the log-mel), a random shift of up to `max_bin_shift` mel bins per utterance (voice
     pitch/formant variation between speakers) and SpecAugment masks. A 2-D CNN (three conv + 2x2 max-pool
     blocks) sees local time-frequency patterns, its frequency axis is then folded into channels for a 1-D
     CNN over time, and attentive, max and standard-deviation pooling over real frames give the vector."""
@@ -90,8 +90,8 @@ class MelEncoder(nn.Module):
 
 def standardise_log_mels(log_mels, frame_counts, *, per_bin):
     """log-mels (B, M, F) standardised over each clip's real frames; padding stays exactly 0. per_bin: each mel
-    bin by its own mean and std (CMVN: removes the clip's average spectrum, so a speaker's steady spectral tilt and
-    formant colouring, along with the recording channel; on RAVDESS 5-fold by actor no better: README); otherwise one mean
+    bin by its own mean and std (CMVN: removes the clip's average spectrum, i.e. a speaker's steady spectral tilt and
+    formant colouring and the recording channel; no better on RAVDESS 5-fold by actor, README); otherwise one mean
     and std per clip over all bins (removes only the gain, keeps the spectral shape)."""
     real = (~padding_mask(frame_counts, log_mels.shape[-1]))[:, None, :].to(log_mels.dtype).expand_as(log_mels)
     axes = 2 if per_bin else (1, 2)
