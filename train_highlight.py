@@ -25,6 +25,7 @@ import csv
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -360,12 +361,14 @@ def predict(args):
     model.eval()
     stride = thumbnail_stride(probe(path)["duration_s"])
     images, thumbnails = [], []
-    for times, frames, batch in encoders.iter_image_batches(path):
-        if "v" in settings["modalities"]:  # the trained CNN runs here, batch by batch, so no frames are kept
-            images.append(model.image_encoder(torch.from_numpy(batch)).detach().numpy() if model.image_encoder else batch)
-        thumbnails += [{"t": int(t), "src": jpeg_data_uri(frame)} for t, frame in zip(times, frames) if int(t) % stride == 0]
     has_audio = "a" in settings["modalities"] or (state["probes"] is not None and probe(path)["has_audio"])
-    audio = torch.cat([encoders.audio(windows) for windows in iter_windows(path)]).numpy() if has_audio else None
+    with ThreadPoolExecutor(max_workers=1) as audio_pass:  # beside the video pass: PyAV and torch release the GIL
+        audio = audio_pass.submit(lambda: torch.cat([encoders.audio(windows) for windows in iter_windows(path)]).numpy()) if has_audio else None
+        for times, frames, batch in encoders.iter_image_batches(path):
+            if "v" in settings["modalities"]:  # the trained CNN runs here, batch by batch, so no frames are kept
+                images.append(model.image_encoder(torch.from_numpy(batch)).detach().numpy() if model.image_encoder else batch)
+            thumbnails += [{"t": int(t), "src": jpeg_data_uri(frame)} for t, frame in zip(times, frames) if int(t) % stride == 0]
+        audio = audio.result() if has_audio else None
     length = max(len(np.concatenate(images)) if images else 0, len(audio) if audio is not None else 0)
     features = {}
     if images:

@@ -22,7 +22,7 @@ from models.highlight import EmotionProbe
 from preprocess.cache import cached_array
 from preprocess.features import log_mel, mfcc_of_log_mel
 from preprocess.kemdy20 import EMOTIONS as KEMDY20_EMOTIONS, scan_kemdy20
-from preprocess.media import iter_audio, iter_frames
+from preprocess.media import decoded_ahead, iter_audio, iter_frames
 from preprocess.ravdess import EMOTIONS as RAVDESS_EMOTIONS, scan_ravdess
 
 SAMPLE_RATE = 16000
@@ -93,7 +93,8 @@ class Encoders:
     def iter_image_batches(self, path, batch=32):
         """Stream (timestamps, frames, encoded batch) at 1 frame per second."""
         times, frames = [], []
-        for timestamp, frame in iter_frames(path, fps=1, size=self.frame_size, center_crop=True):
+        # decoding runs a few frames ahead in its own thread while the encoder works on a batch
+        for timestamp, frame in decoded_ahead(iter_frames(path, fps=1, size=self.frame_size, center_crop=True)):
             times.append(timestamp), frames.append(frame)
             if len(frames) == batch:
                 yield times, frames, self.images(np.stack(frames))

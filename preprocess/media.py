@@ -15,6 +15,8 @@ with one line that names the file.
 import functools
 import math
 import os
+import queue
+import threading
 from fractions import Fraction
 
 import av
@@ -164,6 +166,48 @@ def use_decoder_threads(stream):
     """Frame-threaded decoding of this video stream where the machine has the cores for it."""
     if (os.cpu_count() or 1) >= FRAME_THREADS_MIN_CORES:
         stream.thread_type = "AUTO"
+
+
+def decoded_ahead(items, depth=8):
+    """Iterate `items` (a frame or packet generator) in a background thread, up to `depth` items ahead, so that
+    decoding overlaps what the caller does with each item (PyAV's codec calls and torch release the GIL). The
+    generator's exceptions are raised here, in order; closing this iterator early closes the generator too."""
+    handoff, stop = queue.Queue(maxsize=depth), threading.Event()
+
+    def offer(message):
+        while not stop.is_set():
+            try:
+                handoff.put(message, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not offer(("item", item)):
+                    break
+            else:
+                offer(("end", None))
+        except BaseException as error:  # handed to the consumer, raised there
+            offer(("error", error))
+        finally:
+            getattr(items, "close", lambda: None)()  # in this thread, where the generator runs
+
+    worker = threading.Thread(target=produce, name="decoded_ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join()
 
 
 def iter_frames(path, *, fps=None, interval_ms=None, size=None, center_crop=False, threads=True):

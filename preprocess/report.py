@@ -1,6 +1,6 @@
 """Highlight outputs from per-second scores: merged segments, scores.csv, an mp4 reel of the segments
-(PyAV, streaming re-encode with audio) and a self-contained report.html (inline SVG drawn by inline JS,
-thumbnails as data URIs, no network).
+(PyAV: video re-encoded, audio copied where an mp4 holds it as it is) and a self-contained report.html
+(inline SVG drawn by inline JS, thumbnails as data URIs, no network).
 
     segments = find_segments(scores, threshold=0.5, merge_gap=2, min_segment=2, top_k=5)
     write_reel(video_path, segments, out_dir / "reel.mp4")
@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from common import atomic_write
-from preprocess.media import MediaError, _open_container, use_decoder_threads
+from preprocess.media import MediaError, _open_container, decoded_ahead, use_decoder_threads
 
 
 def find_segments(scores, *, threshold=None, fraction=None, merge_gap=2, min_segment=2, top_k=None):
@@ -51,6 +51,10 @@ def write_scores_csv(path, scores):
 
 # the reel is a preview: superfast encodes 720p about 2x faster than veryfast (BENCHMARKS.md), at a bigger file
 REEL_PRESET = "superfast"
+# audio codecs an mp4 holds as they are: the reel copies their packets instead of decoding and re-encoding them
+MP4_AUDIO_AS_IS = {"aac", "mp3", "ac3", "eac3"}
+# copied packets are looked for from this long before a span: longer than any packet of those codecs (AAC at 8 kHz: 128 ms)
+AUDIO_PACKET_MAX_S = 0.2
 # seek to a segment this long before its start (the decoder then warms up before the first frame needed)
 SEEK_MARGIN_S = 1.0
 # without a keyframe index, seek only past gaps longer than this (decoding on through a shorter gap is cheaper)
@@ -59,11 +63,12 @@ SEEK_MIN_GAP_S = 5.0
 
 class _SpanReader:
     """One stream of its own container, read span by span in time order: each span is reached by seeking to
-    the keyframe before it, unless decoding on from where the previous span ended is cheaper, so only the
-    spans and their lead-in are decoded. Items are (start_s, payload), payload = convert(frame); an item
-    that reaches past a span's end is offered to the next span again (audio frames straddle boundaries)."""
+    the keyframe before it, unless reading on from where the previous span ended is cheaper, so only the
+    spans and their lead-in are decoded. Items are (start_s, payload), payload = convert(frame), or the packet
+    itself with decode=False; an item that reaches past a span's end is offered to the next span again (audio
+    frames straddle boundaries)."""
 
-    def __init__(self, source, kind, convert, duration):
+    def __init__(self, source, kind, convert, duration, decode=True):
         self.container = _open_container(source)
         streams = self.container.streams.video if kind == "video" else self.container.streams.audio
         self.stream = streams[0]
@@ -72,7 +77,7 @@ class _SpanReader:
                 other.discard = av.stream.Discard.all
         if kind == "video":
             use_decoder_threads(self.stream)
-        self.convert, self.duration = convert, duration
+        self.convert, self.duration, self.decode = convert, duration, decode
         self.origin = float(self.stream.start_time * self.stream.time_base) if self.stream.start_time is not None else 0.0
         entries = self.stream.index_entries  # mp4: complete; mkv/webm: filled lazily, so only trusted for mp4-like files
         self.keyframes = sorted(float(entries[i].timestamp * self.stream.time_base) - self.origin
@@ -84,20 +89,27 @@ class _SpanReader:
     def _length(self):
         return float(self.stream.duration * self.stream.time_base) if self.stream.duration else float("inf")
 
+    def _seconds(self, pts, time_base):
+        return float(pts * time_base) - self.origin
+
     def _peek(self):
         while not self.held:
             packet = next(self.packets, None)
             if packet is None:
                 return None
+            if not self.decode:
+                if packet.pts is not None and packet.size:  # not the demuxer's empty flush packet
+                    self.held.append((self._seconds(packet.pts, self.stream.time_base), packet))
+                continue
             # the lead-in before a span is decoded only for the frames that later ones refer to: a non-reference
             # frame shown before the span is never written, so the decoder may drop it
             skip = (self.kind == "video" and packet.pts is not None
-                    and float(packet.pts * self.stream.time_base) - self.origin < self.span_start)
+                    and self._seconds(packet.pts, self.stream.time_base) < self.span_start)
             if skip != self.skipping:
                 self.stream.codec_context.skip_frame, self.skipping = ("NONREF" if skip else "DEFAULT"), skip
             for frame in packet.decode():
                 if frame.pts is not None:
-                    self.held.append((float(frame.pts * frame.time_base) - self.origin, self.convert(frame)))
+                    self.held.append((self._seconds(frame.pts, frame.time_base), self.convert(frame)))
         self.reached = self.held[0][0]
         return self.held[0]
 
@@ -128,10 +140,21 @@ class _SpanReader:
         self.container.close()
 
 
+def _span_pictures(video, spans, width, height):
+    """(span index, yuv420p frame of width x height) for every frame shown inside a span, in reel order."""
+    for index, (span_start, span_end) in enumerate(spans):
+        for start, frame in video.span(span_start, span_end):
+            if start >= span_start:
+                yield index, frame.reformat(width=width, height=height, format="yuv420p")
+
+
 def write_reel(source, segments, out_path):
-    """Re-encode the segments' frames and audio (end inclusive, whole seconds) back to back into one mp4.
-    Video and audio are each read span by span from their own container (_SpanReader: seeking, so a short
-    reel of a long video decodes little of it); memory does not grow with the video's length."""
+    """The segments' frames and audio (end inclusive, whole seconds) back to back in one mp4. Video is decoded
+    and re-encoded (libx264), exact to the frame; audio that an mp4 holds as it is (AAC, MP3, AC-3) is copied
+    packet by packet, each span's audio within half a packet (~11 ms for 48-kHz AAC) of its frames,
+    other audio is decoded and re-encoded as AAC. Video and audio are each read span by span from their own
+    container (_SpanReader: seeking, so a short reel of a long video decodes little of it), the video decoded
+    a few frames ahead of the encoder in a second thread; memory does not grow with the video's length."""
     spans = sorted((float(s["start"]), float(s["end"] + 1)) for s in segments)
     tmp_path = out_path.with_name(f".{out_path.name}.tmp.mp4")
     with _open_container(source) as container:
@@ -139,15 +162,23 @@ def write_reel(source, segments, out_path):
             raise MediaError(source, "no video stream")
         video_in, has_audio = container.streams.video[0].codec_context, bool(container.streams.audio)
         rate = container.streams.video[0].average_rate or container.streams.video[0].guessed_rate or 25
-        audio_in = container.streams.audio[0].codec_context if has_audio else None
+        audio_stream = container.streams.audio[0] if has_audio else None
+        copy_audio = has_audio and audio_stream.codec_context.codec.canonical_name in MP4_AUDIO_AS_IS
+        audio_in = audio_stream.codec_context if has_audio else None
+        audio_time_base = audio_stream.time_base if has_audio else None
     video = _SpanReader(source, "video", convert=lambda frame: frame, duration=lambda frame: 0.0)
-    audio = None
+    audio = pictures = None
     try:
         with av.open(str(tmp_path), mode="w") as output:
             video_out = output.add_stream("libx264", rate=rate)
             video_out.width, video_out.height = video_in.width // 2 * 2, video_in.height // 2 * 2
             video_out.pix_fmt, video_out.options = "yuv420p", {"crf": "23", "preset": REEL_PRESET}
-            if has_audio:
+            if copy_audio:
+                with _open_container(source) as container:
+                    audio_out = output.add_stream_from_template(container.streams.audio[0])
+                audio = _SpanReader(source, "audio", convert=None, decode=False,
+                                    duration=lambda packet: float((packet.duration or 0) * audio_time_base))
+            elif has_audio:
                 layout = "mono" if audio_in.channels == 1 else "stereo"
                 audio_out = output.add_stream("aac", rate=audio_in.sample_rate)
                 audio_out.layout = layout
@@ -155,15 +186,25 @@ def write_reel(source, segments, out_path):
                 audio = _SpanReader(source, "audio", duration=lambda samples: samples.shape[1] / audio_in.sample_rate,
                                     convert=lambda frame: np.concatenate(  # (channels, n) fltp
                                         [plain.to_ndarray() for plain in resampler.resample(frame)], axis=1))
+            pictures = decoded_ahead(_span_pictures(video, spans, video_out.width, video_out.height))
+            picture = next(pictures, None)
             frames_written = samples_written = 0
-            for span_start, span_end in spans:
-                for start, frame in video.span(span_start, span_end):
-                    if start >= span_start:
-                        picture = frame.reformat(width=video_out.width, height=video_out.height, format="yuv420p")
-                        picture.pts, picture.time_base = frames_written, 1 / rate
-                        output.mux(video_out.encode(picture))
-                        frames_written += 1
-                for start, samples in audio.span(span_start, span_end) if audio is not None else ():
+            audio_end = 0  # copied audio: where the packets so far end, in the source's audio time base
+            for index, (span_start, span_end) in enumerate(spans):
+                if copy_audio:
+                    # packets are laid end to end (an mp4 player does so anyway); a packet is taken when its middle
+                    # falls inside the span and after the audio already written, so each span's audio stays within
+                    # half a packet of its frames, and the error does not add up over the spans
+                    span_pts = round(frames_written / rate / audio_time_base)  # the reel time of the span's first frame
+                    span_ticks = round((span_end - span_start) / audio_time_base)
+                    for start, packet in audio.span(span_start - AUDIO_PACKET_MAX_S, span_end):
+                        middle = span_pts + round((start - span_start) / audio_time_base) + (packet.duration or 0) / 2
+                        if audio_end < middle < span_pts + span_ticks:
+                            packet.pts = packet.dts = audio_end
+                            packet.stream = audio_out
+                            output.mux(packet)
+                            audio_end += packet.duration or 0
+                for start, samples in audio.span(span_start, span_end) if has_audio and not copy_audio else ():
                     times = start + np.arange(samples.shape[1]) / audio_in.sample_rate
                     keep = (span_start <= times) & (times < span_end)
                     if keep.any():
@@ -171,10 +212,18 @@ def write_reel(source, segments, out_path):
                         kept.sample_rate, kept.pts = audio_in.sample_rate, samples_written
                         output.mux(audio_out.encode(kept))
                         samples_written += int(keep.sum())
+                while picture is not None and picture[0] == index:
+                    frame = picture[1]
+                    frame.pts, frame.time_base = frames_written, 1 / rate
+                    output.mux(video_out.encode(frame))
+                    frames_written += 1
+                    picture = next(pictures, None)
             output.mux(video_out.encode(None))
-            if audio is not None:
+            if has_audio and not copy_audio:
                 output.mux(audio_out.encode(None))
     finally:
+        if pictures is not None:
+            pictures.close()  # stops the decoding thread before its container closes
         video.close()
         if audio is not None:
             audio.close()

@@ -1,5 +1,6 @@
 """The frame sampler, the audio loader and their errors, on tiny clips written on the fly."""
 import math
+import threading
 import tracemalloc
 
 import av
@@ -9,7 +10,7 @@ import torch
 
 from common import InputError
 from preprocess.fixtures import solid_frame, tone, write_video, write_wav
-from preprocess.media import MediaError, iter_audio, iter_frames, load_audio, probe, read_frames
+from preprocess.media import MediaError, decoded_ahead, iter_audio, iter_frames, load_audio, probe, read_frames
 
 CLIP_FPS = 10
 CLIP_FRAMES = 40  # 4 s
@@ -276,3 +277,28 @@ def test_readers_that_need_only_what_is_there_still_work(bad_files):
     assert probe(bad_files["no_audio"][0])["has_audio"] is False
     assert len(read_frames(bad_files["no_audio"][0], fps=1)[0]) == 2
     assert load_audio(bad_files["no_video"][0]).shape == (8000,)
+
+
+def test_decoded_ahead_keeps_order_raises_the_generators_error_and_stops_its_thread_when_closed():
+    closed = []
+
+    def counting(stop_with=None):
+        try:
+            for index in range(100):
+                if index == 3 and stop_with:
+                    raise stop_with
+                yield index
+        finally:
+            closed.append(threading.current_thread().name)
+
+    assert list(decoded_ahead(counting(), depth=2)) == list(range(100))
+    received = []
+    with pytest.raises(MediaError, match="clip.mp4: truncated"):
+        for item in decoded_ahead(counting(MediaError("clip.mp4", "truncated")), depth=2):
+            received.append(item)
+    assert received == [0, 1, 2]
+    early = decoded_ahead(counting(), depth=2)
+    assert [next(early), next(early)] == [0, 1]
+    early.close()
+    assert closed == ["decoded_ahead"] * 3  # each generator closed, in the worker thread
+    assert not any(thread.name == "decoded_ahead" for thread in threading.enumerate())

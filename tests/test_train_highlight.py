@@ -162,24 +162,67 @@ def prediction(runs, aihub, tmp_path_factory):
 
 
 
-def test_reel_holds_exactly_the_segments_frames_in_order(tmp_path):
+def test_reel_holds_exactly_the_segments_frames_and_audio_packets_in_order(tmp_path):
     """6-s 30-fps clip with B-frames and few keyframes: frame k shows k % 40 on its left half and
-    k // 40 on its right half as grey levels. The reel of seconds 1 and 4 must hold frames 30-59 and 120-149, each
-    once, though the lead-in to each segment decodes only the frames later ones refer to."""
+    k // 40 on its right half as grey levels; the AAC audio is noise (so no two packets are alike). The reel of
+    seconds 1 and 4 must hold frames 30-59 and 120-149, each once, though the lead-in to each segment decodes only
+    the frames later ones refer to, and, copied byte for byte, the audio packets that start in those seconds,
+    each second's audio starting with its first frame."""
     def frame(k):
         rgb = np.empty((48, 64, 3), np.uint8)
         rgb[:, :32], rgb[:, 32:] = 16 + 6 * (k % 40), 16 + 6 * (k // 40)
         return rgb
+    times = np.arange(6 * 16000) / 16000
     source = tmp_path / "counting.mp4"
-    write_video(source, (frame(k) for k in range(180)), fps=30, audio=np.zeros(6 * 16000), sample_rate=16000)
+    write_video(source, (frame(k) for k in range(180)), fps=30, sample_rate=16000,
+                audio=np.random.default_rng(0).normal(0, 0.05 + 0.03 * np.floor(times)))
     with av.open(str(source)) as container:
         kinds = [f.pict_type for f in container.decode(video=0)]
+    with av.open(str(source)) as container:
+        stream = container.streams.audio[0]
+        source_packets = [(float(p.pts * stream.time_base), bytes(p)) for p in container.demux(stream) if p.size]
     assert kinds.count(av.video.frame.PictureType.B) > 30
     write_reel(source, [{"start": 1, "end": 1}, {"start": 4, "end": 4}], tmp_path / "reel.mp4")
     with av.open(str(tmp_path / "reel.mp4")) as container:
         shown = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     indices = [round((float(rgb[:, :32].mean()) - 16) / 6) + 40 * round((float(rgb[:, 32:].mean()) - 16) / 6) for rgb in shown]
     assert indices == [*range(30, 60), *range(120, 150)]
+    with av.open(str(tmp_path / "reel.mp4")) as container:
+        stream = container.streams.audio[0]
+        reel_packets = [(float(p.pts * stream.time_base), bytes(p)) for p in container.demux(stream) if p.size]
+    packet_s = 1024 / 16000
+    source_time = {data: t for t, data in source_packets}
+    assert len(source_time) == len(source_packets) and all(data in source_time for _, data in reel_packets)
+    assert np.allclose(np.diff([t for t, _ in reel_packets]), packet_s)  # end to end
+    for reel_start, source_start in ((0.0, 1.0), (1.0, 4.0)):  # each second: whole, and in sync with its frames
+        copied = [(t, source_time[data]) for t, data in reel_packets if abs(source_time[data] - source_start - 0.5) < 1]
+        assert [t for _, t in copied] == [t for t, _ in source_packets if copied[0][1] <= t <= copied[-1][1]]
+        assert all(abs((t - reel_start) - (source_t - source_start)) <= packet_s / 2 + 1e-6 for t, source_t in copied)
+        assert copied[0][1] <= source_start + packet_s / 2 and copied[-1][1] + packet_s >= source_start + 1 - packet_s / 2
+
+
+def test_reel_audio_stays_in_sync_over_many_segments(tmp_path):
+    """Copied AAC packets (64 ms at 16 kHz) do not fit a second exactly: one-second segments at 0, 8, ..., 40 s start
+    on a packet and each ends 24 ms into one, so taking every packet that starts in a segment would put the last
+    segment's audio 120 ms behind its frames. Within half a packet, at every packet, and no frame dropped."""
+    source = tmp_path / "long.mp4"
+    write_video(source, (np.full((48, 64, 3), 16 + k % 200, np.uint8) for k in range(410)), fps=10, sample_rate=16000,
+                audio=np.random.default_rng(0).normal(0, 0.1, 41 * 16000))
+    starts = [0, 8, 16, 24, 32, 40]
+    write_reel(source, [{"start": s, "end": s} for s in starts], tmp_path / "reel.mp4")
+    with av.open(str(source)) as container:
+        stream = container.streams.audio[0]
+        source_time = {bytes(p): float(p.pts * stream.time_base) for p in container.demux(stream) if p.size}
+    with av.open(str(tmp_path / "reel.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 10 * len(starts)
+    with av.open(str(tmp_path / "reel.mp4")) as container:
+        stream = container.streams.audio[0]
+        reel = [(float(p.pts * stream.time_base), source_time[bytes(p)]) for p in container.demux(stream) if p.size]
+    assert len(reel) >= len(starts) * 15
+    for reel_t, source_t in reel:
+        span = min(range(len(starts)), key=lambda k: abs(source_t + 0.032 - starts[k] - 0.5))
+        assert abs((reel_t - span) - (source_t - starts[span])) <= 0.032 + 1e-6
+
 
 def test_predict_writes_scores_segments_reel_and_report(prediction):
     video, out, result = prediction
