@@ -61,6 +61,11 @@ SEEK_MARGIN_S = 1.0
 SEEK_MIN_GAP_S = 5.0
 
 
+def stream_start(stream):
+    """The stream's first timestamp in seconds, exact (a Fraction: 8.2 - 0.2 in floats falls short of 8)."""
+    return stream.start_time * stream.time_base if stream.start_time is not None else Fraction(0)
+
+
 class _SpanReader:
     """One stream of its own container, read span by span in time order: each span is reached by seeking to
     the keyframe before it, unless reading on from where the previous span ended is cheaper, so only the
@@ -68,7 +73,7 @@ class _SpanReader:
     itself with decode=False; an item that reaches past a span's end is offered to the next span again (audio
     frames straddle boundaries)."""
 
-    def __init__(self, source, kind, convert, duration, decode=True):
+    def __init__(self, source, kind, convert, duration, decode=True, origin=None):
         self.container = _open_container(source)
         streams = self.container.streams.video if kind == "video" else self.container.streams.audio
         self.stream = streams[0]
@@ -78,9 +83,9 @@ class _SpanReader:
         if kind == "video":
             use_decoder_threads(self.stream)
         self.convert, self.duration, self.decode = convert, duration, decode
-        self.origin = float(self.stream.start_time * self.stream.time_base) if self.stream.start_time is not None else 0.0
+        self.origin = stream_start(self.stream) if origin is None else origin  # seconds count from here
         entries = self.stream.index_entries  # mp4: complete; mkv/webm: filled lazily, so only trusted for mp4-like files
-        self.keyframes = sorted(float(entries[i].timestamp * self.stream.time_base) - self.origin
+        self.keyframes = sorted(float(entries[i].timestamp * self.stream.time_base - self.origin)
                                 for i in range(len(entries)) if entries[i].is_keyframe) if kind == "video" else []
         self.indexed = kind == "video" and len(self.keyframes) > 1 and self.keyframes[-1] >= self._length() - 20
         self.packets, self.held, self.reached = self.container.demux(self.stream), collections.deque(), 0.0
@@ -90,7 +95,7 @@ class _SpanReader:
         return float(self.stream.duration * self.stream.time_base) if self.stream.duration else float("inf")
 
     def _seconds(self, pts, time_base):
-        return float(pts * time_base) - self.origin
+        return float(pts * time_base - self.origin)
 
     def _peek(self):
         while not self.held:
@@ -166,6 +171,7 @@ def write_reel(source, segments, out_path):
         copy_audio = has_audio and audio_stream.codec_context.codec.canonical_name in MP4_AUDIO_AS_IS
         audio_in = audio_stream.codec_context if has_audio else None
         audio_time_base = audio_stream.time_base if has_audio else None
+        origin = stream_start(container.streams.video[0])  # audio times count from the video's start too (A/V offset kept)
     video = _SpanReader(source, "video", convert=lambda frame: frame, duration=lambda frame: 0.0)
     audio = pictures = None
     try:
@@ -176,14 +182,14 @@ def write_reel(source, segments, out_path):
             if copy_audio:
                 with _open_container(source) as container:
                     audio_out = output.add_stream_from_template(container.streams.audio[0])
-                audio = _SpanReader(source, "audio", convert=None, decode=False,
+                audio = _SpanReader(source, "audio", convert=None, decode=False, origin=origin,
                                     duration=lambda packet: float((packet.duration or 0) * audio_time_base))
             elif has_audio:
                 layout = "mono" if audio_in.channels == 1 else "stereo"
                 audio_out = output.add_stream("aac", rate=audio_in.sample_rate)
                 audio_out.layout = layout
                 resampler = av.AudioResampler(format="fltp", layout=layout, rate=audio_in.sample_rate)
-                audio = _SpanReader(source, "audio", duration=lambda samples: samples.shape[1] / audio_in.sample_rate,
+                audio = _SpanReader(source, "audio", origin=origin, duration=lambda samples: samples.shape[1] / audio_in.sample_rate,
                                     convert=lambda frame: np.concatenate(  # (channels, n) fltp
                                         [plain.to_ndarray() for plain in resampler.resample(frame)], axis=1))
             pictures = decoded_ahead(_span_pictures(video, spans, video_out.width, video_out.height))
@@ -201,9 +207,9 @@ def write_reel(source, segments, out_path):
                         middle = span_pts + round((start - span_start) / audio_time_base) + (packet.duration or 0) / 2
                         if audio_end < middle < span_pts + span_ticks:
                             packet.pts = packet.dts = audio_end
+                            audio_end += packet.duration or 0  # read before mux, which rescales it to the reel's time base
                             packet.stream = audio_out
                             output.mux(packet)
-                            audio_end += packet.duration or 0
                 for start, samples in audio.span(span_start, span_end) if has_audio and not copy_audio else ():
                     times = start + np.arange(samples.shape[1]) / audio_in.sample_rate
                     keep = (span_start <= times) & (times < span_end)
