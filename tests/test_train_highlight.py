@@ -166,8 +166,8 @@ def test_reel_holds_exactly_the_segments_frames_and_audio_packets_in_order(tmp_p
     """6-s 30-fps clip with B-frames and few keyframes: frame k shows k % 40 on its left half and
     k // 40 on its right half as grey levels; the AAC audio is noise (so no two packets are alike). The reel of
     seconds 1 and 4 must hold frames 30-59 and 120-149, each once, though the lead-in to each segment decodes only
-    the frames later ones refer to, and, copied byte for byte, the audio packets that start in those seconds,
-    each second's audio starting with its first frame."""
+    the frames later ones refer to, and the audio packets of those seconds, copied byte for byte and laid end to end,
+    each within half a packet of its frames."""
     def frame(k):
         rgb = np.empty((48, 64, 3), np.uint8)
         rgb[:, :32], rgb[:, 32:] = 16 + 6 * (k % 40), 16 + 6 * (k // 40)
