@@ -363,12 +363,12 @@ def predict(args):
     images, thumbnails = [], []
     has_audio = "a" in settings["modalities"] or (state["probes"] is not None and probe(path)["has_audio"])
     with ThreadPoolExecutor(max_workers=1) as audio_pass:  # beside the video pass: PyAV and torch release the GIL
-        audio = audio_pass.submit(lambda: torch.cat([encoders.audio(windows) for windows in iter_windows(path)]).numpy()) if has_audio else None
+        audio_job = audio_pass.submit(lambda: torch.cat([encoders.audio(windows) for windows in iter_windows(path)]).numpy()) if has_audio else None
         for times, frames, batch in encoders.iter_image_batches(path):
             if "v" in settings["modalities"]:  # the trained CNN runs here, batch by batch, so no frames are kept
                 images.append(model.image_encoder(torch.from_numpy(batch)).detach().numpy() if model.image_encoder else batch)
             thumbnails += [{"t": int(t), "src": jpeg_data_uri(frame)} for t, frame in zip(times, frames) if int(t) % stride == 0]
-        audio = audio.result() if has_audio else None
+        audio = audio_job.result() if has_audio else None
     length = max(len(np.concatenate(images)) if images else 0, len(audio) if audio is not None else 0)
     features = {}
     if images:
