@@ -4,6 +4,8 @@ Text only, MiniLM sentence embeddings (`make weights` puts them in weights/all-M
 frozen encoder (~5 min on one CPU thread), or fine-tuned for one epoch on train first (~8 min):
     python train_meld.py --data ../shared/data/meld -mod t --text-encoder weights/all-MiniLM-L6-v2 --out runs/meld/text
     python train_meld.py --data ../shared/data/meld -mod t --text-encoder weights/all-MiniLM-L6-v2 --text-finetune-epochs 1 --text-finetune-lr 1e-4 --epochs 10 --out runs/meld/text-ft
+Three such runs (seeds 0, 1, 2, each with its own fine-tuning, in member_1..3/) scored by their mean probabilities:
+    python train_meld.py --data ../shared/data/meld -mod t --text-encoder weights/all-MiniLM-L6-v2 --text-finetune-epochs 2 --text-finetune-lr 1e-4 --epochs 10 --seed 0 --ensemble 3
 Text + audio + video with the released clips, wav2vec2 and ResNet-50 ImageNet weights from local folders:
     python train_meld.py --data MELD.Raw/ -mod tav --text-encoder weights/all-MiniLM-L6-v2 --audio-model weights/wav2vec2-base-960h --video-weights weights/resnet50.pth
 Per-utterance model (no dialogue context) with an SVM head fitted on the train features:
@@ -24,8 +26,11 @@ failures.csv; a split without its CSV is skipped with a message (test is optiona
 standardised with train statistics. Model: per-modality BiLSTM over a dialogue's utterances (--context
 dialogue) or each utterance alone (--context none), multi-head attention over the modality tokens, Linear -> 7,
 class-weighted cross-entropy. Outputs in --out (default runs/meld/NNN): args.json, split.json, failures.csv,
-model.pt (best dev weighted-F1), last.pt (--resume), metrics.json {"dev": ..., "test": ...[, "svm": ...]}.
+model.pt (best dev weighted-F1), last.pt (--resume), predictions.npz ({dev,test}_probabilities and _keys),
+metrics.json {"dev": ..., "test": ...[, "svm": ...]}; with --ensemble N those files per member in member_K/, and a
+top-level metrics.json {"members": [...], "dev": ..., "test": ...} of the mean of the members' probabilities.
 """
+import argparse
 import csv
 import time
 from pathlib import Path
@@ -66,8 +71,9 @@ def build_parser():
     features.add_argument("--text-max-length", type=int, default=128, help="tokens per utterance, longer ones are cut (default %(default)s)")
     features.add_argument("--audio-model", help="local wav2vec2 folder (e.g. wav2vec2-base-960h); adds its 768-d mean to the 25 MFCC means + 5 prosody values")
     features.add_argument("--video-weights", help="torchvision ResNet-50 ImageNet state dict (.pth or folder with resnet50*.pth); a seeded random ResNet-50 without it")
-    features.add_argument("--amp", action="store_true", help="bf16 autocast of the frozen encoders (text, wav2vec2, ResNet-50) while features are cached, "
-                          "under their own cache key; for CUDA (runs on the CPU too, slower). The small dialogue model trains in float32")
+    features.add_argument("--amp", action="store_true", help="bf16 autocast of the text fine-tuning's forward pass and of the encoders (text, wav2vec2, ResNet-50) while "
+                          "features are cached, under their own cache key; for CUDA and for CPUs with AVX512-BF16 or AMX (MiniLM fine-tuning 1.75x faster on an AVX512-BF16 EPYC; "
+                          "slower on CPUs without). The small dialogue model trains in float32")
     features.add_argument("--video-fps", type=float, default=4.0, help="frames sampled per second before the entropy ranking (default %(default)s)")
     features.add_argument("--video-frames", type=int, default=10, help="frames of highest grayscale entropy kept per clip (default %(default)s)")
     features.add_argument("--frame-size", type=int, default=224, help="frames resized (shorter side) and centre-cropped to this square (default %(default)s)")
@@ -88,7 +94,9 @@ def build_parser():
     train.add_argument("--class-weights", default="sqrt", choices=sorted(CLASS_WEIGHTS), help="cross-entropy class weights from train counts: inverse frequency, its square root, or none (default %(default)s)")
     run = parser.add_argument_group("Run")
     run.add_argument("--out", help="run folder (default: a new runs/meld/NNN)")
-    run.add_argument("--resume", action="store_true", help="continue from last.pt in --out (same flags as the interrupted run)")
+    run.add_argument("--ensemble", type=int, default=1, help="N > 1: N complete runs (fine-tuning included) with seeds --seed .. --seed+N-1 in --out/member_K/, "
+                     "scored by the mean of their class probabilities; --svm is reported per member only (default %(default)s)")
+    run.add_argument("--resume", action="store_true", help="continue from last.pt in --out (each member's, with --ensemble; same flags as the interrupted run)")
     add_logistics_args(parser, default_seed=3)
     return parser
 
@@ -145,7 +153,7 @@ class TextFeatures:
             labels = [EMOTIONS.index(u.emotion) for u in self.train]
             weights = torch.tensor(CLASS_WEIGHTS[self.args.class_weights](np.bincount(labels, minlength=len(EMOTIONS))), dtype=torch.float32)
             encoder.finetune([u.text for u in self.train], labels, contexts=self.contexts(self.train), num_classes=len(EMOTIONS), epochs=self.args.text_finetune_epochs,
-                             lr=self.args.text_finetune_lr, class_weights=weights, seed=self.args.seed,
+                             lr=self.args.text_finetune_lr, class_weights=weights, seed=self.args.seed, amp=self.args.amp,
                              progress=lambda items, desc: progress(items, desc=desc, leave=False))
         return encoder
 
@@ -350,14 +358,12 @@ def fit_svm(keys, vectors, labels, args):
 
 # ---------------------------------------------------------------- main
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    device = resolve_device(args.device)
-    dist = setup_distributed(device)
+def fit_member(splits, csv_problems, args, run_dir, device, dist):
+    """One complete run with args.seed (text fine-tuning included): features, training on train, the checkpoint
+    with the best dev weighted-F1, dev/test evaluated once. Writes run_dir's failures.csv, split.json, model.pt,
+    last.pt, predictions.npz and metrics.json; returns (metrics, {split: probabilities (N, classes)}, labels) on
+    rank 0, None on the other ranks."""
     seed_everything(args.seed)
-    csv_problems = []  # unparsable CSV rows: skipped, listed in failures.csv
-    splits = load_splits(args.data, csv_problems)
-    run_dir = Path(broadcast_object(dist, str(make_run_dir(args.out, args, default_root="runs/meld")) if dist.is_main else None))
     if dist.enabled:
         warm_caches(splits, args, device, dist)
     data, failures = build_features(splits, args, device, show=dist.is_main)
@@ -416,29 +422,70 @@ def main(argv=None):
         print(f"epoch {epoch + 1}: loss {loss_sum / max(1, batches):.3f}  dev weighted-F1 {dev['weighted_f1']:.3f}  accuracy {dev['accuracy']:.3f}  "
               f"macro-F1 {dev['macro_f1']:.3f}{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
         barrier(dist)
-    cleanup_distributed(dist)
     if not dist.is_main:
         return None
 
     model.load_state_dict(load_checkpoint(run_dir / "model.pt")["model"])
     metrics = {"protocol": f"MELD official splits; trained on train, checkpoint = best dev weighted-F1 (epoch {best_epoch + 1}), test evaluated "
-                           f"once; -mod {args.modalities}, context {args.context}; F1 averaged per class (macro) and weighted by support; "
-                           "majority baseline = most frequent train class",
+                           f"once; -mod {args.modalities}, context {args.context}, seed {args.seed}; F1 averaged per class (macro) and "
+                           "weighted by support; majority baseline = most frequent train class",
                "skipped_utterances": len(failures)}
     evaluated = [split for split in ("dev", "test") if split in data]
+    probabilities = {split: predict(model, data[split], args, device) for split in evaluated}  # (N, classes) each
+    labels = {split: labels_of(data[split]) for split in ("train", *evaluated)}
     for split in evaluated:
-        metrics[split] = classification_report(labels_of(data[split]), predict(model, data[split], args, device).argmax(1),
-                                               class_names=list(EMOTIONS), train_labels=train_labels)
+        metrics[split] = classification_report(labels[split], probabilities[split].argmax(1), class_names=list(EMOTIONS), train_labels=train_labels)
+    atomic_write(run_dir / "predictions.npz", lambda f: np.savez(f, **{
+        name: value for split in evaluated for name, value in ((f"{split}_probabilities", probabilities[split]),
+                                                               (f"{split}_keys", np.array([u.key for u in data[split]["utterances"]])))}))
     if args.svm:
         vectors = {split: predict(model, data[split], args, device, fused=True) for split in ["train", *evaluated]}
         svm = fit_svm([u.key for u in data["train"]["utterances"]], vectors["train"], train_labels, args)
         metrics["svm"] = {"protocol": "SVC on the selected model's fused vectors, fitted on train only",
-                          **{split: classification_report(labels_of(data[split]), svm.predict(vectors[split]), class_names=list(EMOTIONS),
+                          **{split: classification_report(labels[split], svm.predict(vectors[split]), class_names=list(EMOTIONS),
                                                           train_labels=train_labels) for split in evaluated}}
     write_json(run_dir / "metrics.json", metrics)
+    return metrics, probabilities, labels
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.ensemble < 1:
+        raise InputError(f"--ensemble {args.ensemble}: give 1 or more members")
+    device = resolve_device(args.device)
+    dist = setup_distributed(device)
+    csv_problems = []  # unparsable CSV rows: skipped, listed in failures.csv
+    splits = load_splits(args.data, csv_problems)
+    run_dir = Path(broadcast_object(dist, str(make_run_dir(args.out, args, default_root="runs/meld")) if dist.is_main else None))
+    if args.ensemble == 1:
+        results = [fit_member(splits, csv_problems, args, run_dir, device, dist)]
+    else:  # member k: the same flags with --seed seed + k, in run_dir/member_k
+        results = []
+        for k in range(args.ensemble):
+            member = argparse.Namespace(**{**vars(args), "seed": args.seed + k})
+            if dist.is_main:
+                print(f"ensemble member {k + 1}/{args.ensemble} (seed {member.seed})", flush=True)
+            results.append(fit_member(splits, csv_problems, member, run_dir / f"member_{k + 1}", device, dist))
+    cleanup_distributed(dist)
+    if not dist.is_main:
+        return None
+
+    metrics, _, labels = results[0]
+    if args.ensemble > 1:
+        evaluated = [split for split in ("dev", "test") if split in metrics]
+        metrics = {"protocol": f"mean of the class probabilities of {args.ensemble} runs (seeds {args.seed}-{args.seed + args.ensemble - 1}, "
+                               "each with its own fine-tuning and its own checkpoint chosen on dev, in member_K/); test evaluated once",
+                   "members": [{split: {key: member[0][split][key] for key in ("weighted_f1", "accuracy", "macro_f1")} for split in evaluated}
+                               for member in results],
+                   "skipped_utterances": metrics["skipped_utterances"]}
+        for split in evaluated:
+            mean_probabilities = np.mean([member[1][split] for member in results], axis=0)  # (N, classes)
+            metrics[split] = classification_report(labels[split], mean_probabilities.argmax(1), class_names=list(EMOTIONS), train_labels=labels["train"])
+        write_json(run_dir / "metrics.json", metrics)
+    evaluated = [split for split in ("dev", "test") if split in metrics]
     columns = ["split", "n", "weighted_f1", "accuracy", "macro_f1", "majority_baseline_weighted_f1"]
     rows = [{"split": split, **metrics[split]} for split in evaluated]
-    rows += [{"split": f"{split} (svm)", **metrics["svm"][split]} for split in evaluated if args.svm]
+    rows += [{"split": f"{split} (svm)", **metrics["svm"][split]} for split in evaluated if "svm" in metrics]
     print(format_table(rows, columns))
     print(f"run folder: {run_dir}")
     return metrics

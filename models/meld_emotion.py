@@ -68,10 +68,12 @@ class SentenceEncoder:
         self.model.eval()
         return self.embed(texts, contexts).float().cpu()
 
-    def finetune(self, texts, labels, *, num_classes, epochs, lr, class_weights, seed, contexts=None, batch_size=32, progress=iter):
+    def finetune(self, texts, labels, *, num_classes, epochs, lr, class_weights, seed, contexts=None, batch_size=32, amp=False,
+                 progress=lambda items, desc: items):
         """Fine-tune the encoder (word embeddings frozen) with a temporary linear head on (the train split's)
         texts and labels: AdamW, linear decay, class-weighted cross-entropy on 20x the L2-normalised embedding.
-        Batches hold texts of similar length (less padding) in a shuffled order."""
+        Batches hold texts of similar length (less padding) in a shuffled order. amp: bf16 autocast of the
+        forward pass (float32 weights and optimiser)."""
         generator = torch.Generator().manual_seed(seed)
         head = nn.Linear(self.model.config.hidden_size, num_classes).to(self.device)
         # the word-embedding table is most of the parameters but its gradient is sparse: freezing it halves the
@@ -88,8 +90,9 @@ class SentenceEncoder:
         for epoch in range(epochs):
             for chunk in progress([chunks[i] for i in torch.randperm(len(chunks), generator=generator)],
                                   desc=f"fine-tuning text encoder {epoch + 1}/{epochs}"):
-                logits = head(20 * self.embed([texts[i] for i in chunk], None if contexts is None else [contexts[i] for i in chunk]))
-                loss = F.cross_entropy(logits, labels[chunk], weight=weights)
+                with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=amp):
+                    logits = head(20 * self.embed([texts[i] for i in chunk], None if contexts is None else [contexts[i] for i in chunk]))
+                loss = F.cross_entropy(logits.float(), labels[chunk], weight=weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

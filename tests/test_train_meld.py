@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import f1_score
 
 import train_meld
 from common import run_main
@@ -120,6 +121,25 @@ def test_train_and_dev_only(meld, text_encoder, cache, tmp_path, capsys):
     assert "test split is skipped" in capsys.readouterr().out
 
 
+def test_ensemble_members_are_the_seeded_runs_and_their_mean_is_scored(meld, text_encoder, cache, tmp_path):
+    """--ensemble 2 --seed 5: member_2 is the run --seed 6 would make (its own fine-tuning), and the ensemble's
+    dev/test scores are those of the mean of the members' saved probabilities."""
+    flags = ["-mod", "t", "--epochs", "2", "--text-finetune-epochs", "1", "--text-finetune-lr", "1e-3"]
+    metrics = run(meld, text_encoder, cache, tmp_path / "ensemble", *flags, "--ensemble", "2", "--seed", "5")
+    single = run(meld, text_encoder, cache, tmp_path / "single", *flags, "--seed", "6")
+    members = [np.load(tmp_path / "ensemble" / f"member_{k}" / "predictions.npz") for k in (1, 2)]
+    alone = np.load(tmp_path / "single" / "predictions.npz")
+    np.testing.assert_allclose(members[1]["dev_probabilities"], alone["dev_probabilities"], atol=1e-6)
+    assert not np.allclose(members[0]["dev_probabilities"], members[1]["dev_probabilities"], atol=1e-3)
+    assert metrics["members"][1]["dev"]["weighted_f1"] == single["dev"]["weighted_f1"]
+    for split in ("dev", "test"):
+        assert list(members[0][f"{split}_keys"]) == list(members[1][f"{split}_keys"])
+        labels = [EMOTIONS.index(u.emotion) for u in read_split(meld, split)]
+        predicted = ((members[0][f"{split}_probabilities"] + members[1][f"{split}_probabilities"]) / 2).argmax(1)
+        assert metrics[split]["weighted_f1"] == pytest.approx(f1_score(labels, predicted, average="weighted"))
+    assert json.loads((tmp_path / "ensemble" / "metrics.json").read_text())["dev"] == metrics["dev"]
+
+
 def test_resume_of_a_finished_run_reevaluates(meld, text_encoder, cache, tmp_path):
     first = run(meld, text_encoder, cache, tmp_path / "run", "-mod", "t", "--epochs", "2")
     again = run(meld, text_encoder, cache, tmp_path / "run", "-mod", "t", "--epochs", "2", "--resume")
@@ -176,6 +196,22 @@ def test_sentence_pooling_ignores_padding(text_encoder):
     assert torch.allclose(alone[0], batched[0], atol=1e-5)
     assert torch.allclose(batched.norm(dim=1), torch.ones(2), atol=1e-5)
     assert len(EMOTIONS) == 7
+
+
+def test_amp_fine_tuning_computes_in_bf16_and_updates_float32_weights(text_encoder):
+    """--amp: the fine-tuning's forward pass runs in bf16 autocast (the attention's Linear outputs are bf16,
+    float32 without it) while the weights it updates stay float32."""
+    texts = ["wow", "i think the coffee was great", "okay really", "so great", "the coffee", "really okay wow"] * 4
+    labels = [i % 3 for i in range(len(texts))]
+    for amp, expected in ((False, torch.float32), (True, torch.bfloat16)):
+        encoder = SentenceEncoder(text_encoder)
+        query = encoder.model.encoder.layer[0].attention.self.query
+        before, seen = query.weight.detach().clone(), set()
+        hook = query.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+        encoder.finetune(texts, labels, num_classes=3, epochs=1, lr=1e-3, class_weights=torch.ones(3), seed=0, batch_size=8, amp=amp)
+        hook.remove()
+        assert seen == {expected}
+        assert query.weight.dtype == torch.float32 and not torch.equal(query.weight, before)
 
 
 def test_context_is_seen_but_only_the_utterance_is_pooled(text_encoder):
