@@ -27,17 +27,19 @@ def conv_bn_relu(in_channels, out_channels, *, dims):
 
 
 class MelEncoder(nn.Module):
-    """Waveform (B, S) at 16 kHz -> (B, 3 * width). Log-mel (64 bins, 25 ms window, 10 ms hop), each
+    """Waveform (B, S) at 16 kHz -> (B, 3 * width). Log-mel (n_mels bins, window_ms window, 10 ms hop), each
     utterance standardised over its real frames (as a whole, or per mel bin: standardise_log_mels); while
     training: one random speed factor per batch (time stretch of the log-mel), a random shift of up to `max_bin_shift` mel bins per utterance (voice
     pitch/formant variation between speakers) and SpecAugment masks. A 2-D CNN (three conv + 2x2 max-pool
     blocks) sees local time-frequency patterns, its frequency axis is then folded into channels for a 1-D
     CNN over time, and attentive, max and standard-deviation pooling over real frames give the vector."""
 
-    def __init__(self, *, n_mels=64, widths_2d=(16, 32, 64), width=256, speed_range=0.15, max_bin_shift=3,
+    def __init__(self, *, n_mels=64, window_ms=25, widths_2d=(16, 32, 64), width=256, speed_range=0.15, max_bin_shift=3,
                  freq_masks=2, freq_mask_bins=10, time_masks=2, time_mask_frames=40, dropout=0.3, norm="clip"):
         super().__init__()
         self.hop_length, self.n_mels, self.norm = 160, n_mels, norm
+        self.win_length = round(window_ms * 16)  # samples at 16 kHz
+        self.n_fft = max(512, 1 << (self.win_length - 1).bit_length())  # the next power of two: 25 ms -> 512, 50 ms -> 1024
         self.speed_range, self.max_bin_shift = speed_range, max_bin_shift
         self.freq_masks, self.freq_mask_bins = freq_masks, freq_mask_bins
         self.time_masks, self.time_mask_frames = time_masks, time_mask_frames
@@ -75,7 +77,8 @@ class MelEncoder(nn.Module):
 
     def forward(self, waves, lengths):
         with torch.autocast(waves.device.type, enabled=False):
-            log_mels = log_mel(waves.float(), n_mels=self.n_mels, hop_length=self.hop_length)  # (B, M, F)
+            log_mels = log_mel(waves.float(), n_mels=self.n_mels, n_fft=self.n_fft, win_length=self.win_length,
+                               hop_length=self.hop_length)  # (B, M, F)
         frame_counts = (lengths // self.hop_length + 1).clamp(max=log_mels.shape[-1])
         log_mels = standardise_log_mels(log_mels, frame_counts, per_bin=self.norm == "bin")
         if self.training:
@@ -131,8 +134,9 @@ class Wav2Vec2Encoder(nn.Module):
 
 
 AUDIO_ENCODERS = {
-    # checkpoints from before --mel-norm were trained with one mean and std per clip (the default)
-    "mel": lambda args: MelEncoder(n_mels=args.n_mels, max_bin_shift=args.max_bin_shift, norm=getattr(args, "mel_norm", "clip")),
+    # checkpoints from before --mel-norm / --mel-window-ms were trained with one mean and std per clip and 25-ms windows
+    "mel": lambda args: MelEncoder(n_mels=args.n_mels, window_ms=getattr(args, "mel_window_ms", 25), max_bin_shift=args.max_bin_shift,
+                                   norm=getattr(args, "mel_norm", "clip")),
     "wav2vec2": lambda args: Wav2Vec2Encoder(model_name=args.audio_model, trainable_layers=args.audio_trainable_layers),
 }
 

@@ -1,17 +1,21 @@
 """train_av.py on a tiny synthetic RAVDESS tree: every -mod trains and predicts, the planted signal is
 learned, twins share a split, bad names are reported, manifests and wav2vec2-from-a-folder work."""
+import argparse
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import train_av
 from common import InputError
-from models.av_emotion import standardise_log_mels
+from models.av_emotion import AUDIO_ENCODERS, MelEncoder, standardise_log_mels
+from preprocess.features import log_mel
 from preprocess.fixtures import make_ravdess
 from processes import kill_after_first_checkpoint
 
@@ -188,6 +192,26 @@ def test_mel_norm_reaches_the_encoder_and_old_checkpoints_keep_the_per_clip_norm
     assert train_av.build_model(settings, 8).audio.norm == "bin"
     del settings["mel_norm"]  # a checkpoint's args written before the flag existed
     assert train_av.build_model(settings, 8).audio.norm == "clip"
+
+
+def test_a_50_ms_window_resolves_the_harmonics_of_a_voice_that_25_ms_blurs():
+    """A 150-Hz voice-like harmonic series: with --mel-window-ms 50 (FFT 1024) the mel bins at its 3rd-5th
+    harmonics stand far above the bins halfway between them; with 25 ms (FFT 512) the dips fill in."""
+    seconds = torch.arange(16000) / 16000
+    wave = 0.05 * sum(torch.sin(2 * math.pi * k * 150.0 * seconds) for k in range(1, 11))
+    mels = np.linspace(0, 2595 * np.log10(1 + 8000 / 700), 130)[1:-1]
+    centres_hz = 700 * (10 ** (mels / 2595) - 1)  # HTK mel filter centres, 128 bins up to 8 kHz
+    nearest = lambda hz: int(np.argmin(abs(centres_hz - hz)))
+    contrast = {}
+    for window_ms in (25, 50):
+        encoder = MelEncoder(n_mels=128, window_ms=window_ms)
+        spectrum = log_mel(wave, n_mels=128, n_fft=encoder.n_fft, win_length=encoder.win_length, hop_length=160).mean(-1).numpy()
+        contrast[window_ms] = [spectrum[nearest(k * 150.0)] - spectrum[nearest((k + 0.5) * 150.0)] for k in (3, 4, 5)]
+    assert (MelEncoder(window_ms=25).n_fft, MelEncoder(window_ms=50).n_fft) == (512, 1024)
+    assert min(contrast[50]) > max(contrast[25]) + 2, contrast
+    old = argparse.Namespace(n_mels=64, max_bin_shift=3, mel_norm="clip")  # a checkpoint from before the flag: 25 ms
+    assert AUDIO_ENCODERS["mel"](old).win_length == 400
+
 
 def test_mixup_blends_inputs_targets_and_lengths():
     import torch
