@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from common import InputError, load_torchvision_weights
+from common import InputError, autocast, load_torchvision_weights
 from models.lstm import LSTM
 from models.transformer import MultiheadAttention
 
@@ -90,7 +90,7 @@ class SentenceEncoder:
         for epoch in range(epochs):
             for chunk in progress([chunks[i] for i in torch.randperm(len(chunks), generator=generator)],
                                   desc=f"fine-tuning text encoder {epoch + 1}/{epochs}"):
-                with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=amp):
+                with autocast(torch.device(self.device), amp):
                     logits = head(20 * self.embed([texts[i] for i in chunk], None if contexts is None else [contexts[i] for i in chunk]))
                 loss = F.cross_entropy(logits.float(), labels[chunk], weight=weights)
                 optimizer.zero_grad(set_to_none=True)
