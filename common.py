@@ -4,6 +4,7 @@ torchrun/DDP set-up, atomic files and checkpoints, run folders, and metric repor
     from common import InputError, run_main, add_logistics_args, seed_everything, ...
 """
 import argparse
+import ctypes
 import json
 import os
 import random
@@ -65,6 +66,21 @@ def resolve_device(name="auto"):
         if name == "cuda":
             name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return torch.device(name)
+
+
+def keep_freed_memory(device):
+    """Training on the CPU: glibc's malloc serves blocks over 32 MB (a batch's activations) with a fresh mmap
+    and unmaps them on free, so every step page-faults its activations in again (a third of a RAVDESS run's
+    time went to the kernel: BENCHMARKS.md). M_MMAP_MAX 0 serves them from the heap, and an M_TRIM_THRESHOLD of
+    2 GiB keeps freed heap for reuse. Peak RSS grows somewhat (fragmentation). No-op on CUDA or without glibc."""
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # malloc.h
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 @dataclass

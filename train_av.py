@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, classification_report,
+from common import (InputError, keep_freed_memory, add_logistics_args, argument_parser, atomic_write, autocast, classification_report,
                     cleanup_distributed, format_table, load_checkpoint, make_run_dir, parse_ids, progress,
                     resolve_device, resume_training_state, run_main, save_checkpoint, save_training_state,
                     seed_everything, setup_distributed, write_json)
@@ -374,6 +374,7 @@ def main(argv=None):
         return predict_files(args)
     device = resolve_device(args.device)
     dist = setup_distributed(device)
+    keep_freed_memory(device)
     seed_everything(args.seed)
     trials, problems, class_names = load_trials(args)
     run_dir = make_run_dir(args.out, args, default_root="runs/av") if dist.is_main else Path(args.out or "runs/av/unused")

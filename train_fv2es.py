@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics as skm
 
-from common import (InputError, atomic_write, autocast, broadcast_object, best_f1_threshold, classification_report, cleanup_distributed, format_table, load_checkpoint,
+from common import (InputError, keep_freed_memory, atomic_write, autocast, broadcast_object, best_f1_threshold, classification_report, cleanup_distributed, format_table, load_checkpoint,
                     make_run_dir, progress, resolve_device, run_main, save_checkpoint, seed_everything, setup_distributed, write_json)
 from models.fv2es import MME2E, HandCrafted, normalise_faces
 from models.repvgg import fuse_repvgg
@@ -507,6 +507,7 @@ def train(args, device):
     if not args.datapath:
         raise InputError("training needs --datapath DIR (python -m preprocess.iemocap RAW DIR writes it)")
     dist = setup_distributed(device)
+    keep_freed_memory(device)
     items, splits, failures = data_splits(args)
     run_dir = Path(broadcast_object(dist, str(make_run_dir(args.out, args, default_root="runs/fv2es")) if dist.is_main else None))
     if dist.is_main:

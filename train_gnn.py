@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, broadcast_object, classification_report, global_mean,
+from common import (InputError, keep_freed_memory, add_logistics_args, argument_parser, atomic_write, autocast, broadcast_object, classification_report, global_mean,
                     cleanup_distributed, format_table, load_checkpoint, make_run_dir, parse_ids, progress,
                     resolve_device, resume_training_state, run_main, save_checkpoint, save_training_state,
                     seed_everything, setup_distributed, write_json)
@@ -442,6 +442,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     dist = setup_distributed(device)
+    keep_freed_memory(device)
     seed_everything(args.seed)
     stages = STAGES if args.stage == "all" else (args.stage,)
     run_dir = split = None

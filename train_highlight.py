@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, barrier, best_f1_threshold,
+from common import (InputError, keep_freed_memory, add_logistics_args, argument_parser, atomic_write, barrier, best_f1_threshold,
                     binary_report, broadcast_object, cleanup_distributed, global_mean, rank_share, setup_distributed,
                     classification_report, format_table, load_checkpoint, make_run_dir, progress, resolve_device,
                     resume_training_state, run_main, save_checkpoint, save_training_state, seed_everything, write_json)
@@ -201,6 +201,7 @@ def to_device(tensors, device):
 def train(args):
     device = resolve_device(args.device)
     dist = setup_distributed(device)
+    keep_freed_memory(device)
     seed_everything(args.seed)
     videos, problems = scan_aihub(args.data)
     run_dir = Path(broadcast_object(dist, str(make_run_dir(args.out, args, default_root="runs/highlight")) if dist.is_main else None))

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from torch.nn.parallel import DistributedDataParallel
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, barrier, broadcast_object,
+from common import (InputError, keep_freed_memory, add_logistics_args, argument_parser, atomic_write, autocast, barrier, broadcast_object,
                     classification_report, cleanup_distributed, format_table, global_mean, rank_share, setup_distributed,
                     load_checkpoint, make_run_dir, progress, resolve_device, resume_training_state, run_main,
                     save_checkpoint, save_training_state, seed_everything, write_json)
@@ -455,6 +455,7 @@ def main(argv=None):
         raise InputError(f"--ensemble {args.ensemble}: give 1 or more members")
     device = resolve_device(args.device)
     dist = setup_distributed(device)
+    keep_freed_memory(device)
     csv_problems = []  # unparsable CSV rows: skipped, listed in failures.csv
     splits = load_splits(args.data, csv_problems)
     run_dir = Path(broadcast_object(dist, str(make_run_dir(args.out, args, default_root="runs/meld")) if dist.is_main else None))
