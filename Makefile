@@ -28,6 +28,7 @@ bench:
 	$(PYTHON) bench/repvgg.py
 	$(PYTHON) bench/pipeline.py
 	$(PYTHON) bench/throughput.py
+	$(PYTHON) bench/malloc.py
 
 ifdef DATA
 av:

@@ -1,5 +1,6 @@
 """common.py: golden metrics, atomic files, checkpoints, one-line errors."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,18 +112,18 @@ def test_torchvision_weights_from_file_or_folder(tmp_path):
 def test_keep_freed_memory_stops_big_tensors_faulting_their_pages_in_again():
     # twenty 80-MB tensors in turn, each fully written: with glibc's default each one is a fresh mmap whose
     # ~19,500 pages fault in; kept heap is mostly reused (a few allocations still grow the heap)
-    script = ("import resource, sys, torch, common\n"
-              "kept = common.keep_freed_memory(torch.device(sys.argv[1]))\n"
+    script = ("import resource, torch, common\n"
+              "kept = common.keep_freed_memory(torch.device('cpu'))\n"
               "torch.ones(20_000_000)\n"
               "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
               "for _ in range(20):\n"
               "    torch.ones(20_000_000)\n"
               "print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
     faults = {}
-    for device in ("cpu", "meta"):  # a device that is not the CPU leaves malloc as it is
-        result = subprocess.run([sys.executable, "-c", script, device], capture_output=True, text=True, check=True,
-                                cwd=Path(common.__file__).parent)
-        kept, faults[device] = result.stdout.split()
-        assert kept == str(device == "cpu")
-    assert int(faults["meta"]) > 20 * 19_000  # 20 x 80 MB of 4-KiB pages
-    assert int(faults["cpu"]) < int(faults["meta"]) / 3
+    for switch in ("1", "0"):  # KEEP_FREED_MEMORY=0 leaves malloc as it is
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                cwd=Path(common.__file__).parent, env={**os.environ, "KEEP_FREED_MEMORY": switch})
+        kept, faults[switch] = result.stdout.split()
+        assert kept == str(switch == "1")
+    assert int(faults["0"]) > 20 * 19_000  # 20 x 80 MB of 4-KiB pages
+    assert int(faults["1"]) < int(faults["0"]) / 3
