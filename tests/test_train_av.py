@@ -90,6 +90,18 @@ def test_folds_are_actor_disjoint_and_pooled(ravdess, tmp_path):
     assert metrics["test"]["n"] == 6 * 15
 
 
+def test_folds_without_validation_train_on_every_other_actor(ravdess, tmp_path):
+    out = tmp_path / "folds"
+    metrics = train_av.main(["--data", str(ravdess), "--out", str(out), "--cache", str(tmp_path / "cache"),
+                             "-mod", "a", "--folds", "3", "--val-actors", "none", "--epochs", "1", "--batch-size", "16"])
+    actors = {"01", "02", "03", "04", "05", "06"}
+    for fold in ("fold_1", "fold_2", "fold_3"):
+        split = json.loads((out / fold / "split.json").read_text())
+        assert split["val"]["groups"] == [] and set(split["train"]["groups"]) == actors - set(split["test"]["groups"])
+        assert "last epoch, no validation split" in metrics["folds"][fold]["protocol"]
+    assert metrics["test"]["n"] == 6 * 15
+
+
 def test_without_validation_the_last_epoch_is_kept(ravdess, tmp_path):
     import torch
     out, metrics = run(ravdess, tmp_path, "-mod", "a", "--val-actors", "none")
