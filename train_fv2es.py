@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics as skm
 
-from common import (InputError, keep_freed_memory, atomic_write, autocast, broadcast_object, best_f1_threshold, classification_report, cleanup_distributed, format_table, load_checkpoint,
+from common import (InputError, atomic_write, autocast, broadcast_object, best_f1_threshold, classification_report, cleanup_distributed, format_table, keep_freed_memory, load_checkpoint,
                     make_run_dir, progress, resolve_device, run_main, save_checkpoint, seed_everything, setup_distributed, write_json)
 from models.fv2es import MME2E, HandCrafted, normalise_faces
 from models.repvgg import fuse_repvgg

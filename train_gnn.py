@@ -41,8 +41,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from common import (InputError, keep_freed_memory, add_logistics_args, argument_parser, atomic_write, autocast, broadcast_object, classification_report, global_mean,
-                    cleanup_distributed, format_table, load_checkpoint, make_run_dir, parse_ids, progress,
+from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, broadcast_object, classification_report, global_mean,
+                    cleanup_distributed, format_table, keep_freed_memory, load_checkpoint, make_run_dir, parse_ids, progress,
                     resolve_device, resume_training_state, run_main, save_checkpoint, save_training_state,
                     seed_everything, setup_distributed, write_json)
 from models.kemdy20 import NodeEncoders, TemporalGNN, count_parameters

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from common import (InputError, keep_freed_memory, add_logistics_args, argument_parser, atomic_write, barrier, best_f1_threshold,
+from common import (InputError, add_logistics_args, argument_parser, atomic_write, barrier, best_f1_threshold,
                     binary_report, broadcast_object, cleanup_distributed, global_mean, rank_share, setup_distributed,
-                    classification_report, format_table, load_checkpoint, make_run_dir, progress, resolve_device,
+                    classification_report, format_table, keep_freed_memory, load_checkpoint, make_run_dir, progress, resolve_device,
                     resume_training_state, run_main, save_checkpoint, save_training_state, seed_everything, write_json)
 from models.highlight import EmotionProbe, FrameCNN, HighlightModel
 from preprocess.aihub import chunk_bounds, scan_aihub

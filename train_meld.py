@@ -42,9 +42,9 @@ import torch.nn.functional as F
 
 from torch.nn.parallel import DistributedDataParallel
 
-from common import (InputError, keep_freed_memory, add_logistics_args, argument_parser, atomic_write, autocast, barrier, broadcast_object,
+from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, barrier, broadcast_object,
                     classification_report, cleanup_distributed, format_table, global_mean, rank_share, setup_distributed,
-                    load_checkpoint, make_run_dir, progress, resolve_device, resume_training_state, run_main,
+                    keep_freed_memory, load_checkpoint, make_run_dir, progress, resolve_device, resume_training_state, run_main,
                     save_checkpoint, save_training_state, seed_everything, write_json)
 from models.meld_emotion import FrameEncoder, MELDEmotionClassifier, SentenceEncoder, Wav2Vec2Mean
 from preprocess.cache import cached_array
