@@ -73,7 +73,7 @@ def keep_freed_memory(device):
     and unmaps them on free, so every step page-faults its activations in again (a third of a RAVDESS run's
     time went to the kernel: BENCHMARKS.md). M_MMAP_MAX 0 serves them from the heap, and an M_TRIM_THRESHOLD of
     2 GiB keeps freed heap for reuse: 1.2-1.3x faster steps (bench/malloc.py) for up to twice the peak RSS
-    (fragmentation; a RAVDESS fold: 5.7 GB). KEEP_FREED_MEMORY=0 in the environment turns it off; no-op on CUDA or
+    (fragmentation; a RAVDESS fold: 5.9 GB against 2.7). KEEP_FREED_MEMORY=0 in the environment turns it off; no-op on CUDA or
     without glibc."""
     if device.type != "cpu" or not sys.platform.startswith("linux") or os.environ.get("KEEP_FREED_MEMORY") == "0":
         return False
