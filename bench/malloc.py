@@ -1,5 +1,5 @@
 """CPU training step with glibc's default malloc against common.keep_freed_memory (freed heap kept for reuse), in
-one run: the RAVDESS audio model (train_av's defaults: 128 mel bins, 50-ms windows) on a batch of 3-s clips.
+one run: the RAVDESS audio model (train_av -mod a with its defaults) on a batch of 3-s clips.
 
     python bench/malloc.py                        # batch 32, 12 timed steps per process, 3 rounds
     python bench/malloc.py --threads 1 --rounds 5
@@ -27,10 +27,10 @@ def time_steps(keep, batch, steps):
     import torch.nn.functional as F
 
     import common
-    from models.av_emotion import AVEmotionClassifier, MelEncoder
+    import train_av
     kept = common.keep_freed_memory(torch.device("cpu")) if keep else False
     torch.manual_seed(0)
-    model = AVEmotionClassifier(modalities="a", num_classes=8, audio_encoder=MelEncoder(n_mels=128, window_ms=50, max_bin_shift=6))
+    model = train_av.build_model(vars(train_av.build_parser().parse_args(["-mod", "a"])), 8)  # train_av's defaults
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch_input = {"audio": torch.randn(batch, 48000), "audio_lengths": torch.full((batch,), 48000)}
     labels = torch.randint(0, 8, (batch,))
