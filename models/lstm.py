@@ -10,8 +10,9 @@ works both ways. `lengths` (B,) replaces pack_padded_sequence: padded steps neve
 and the reverse direction starts at each sequence's last real step.
 
 Speed (bench/lstm.py): the input projections of all time steps are one matmul per layer, both directions run
-in the same per-step batched matmul, per-step views are made before the loop, the candidate gate's weight rows are doubled once per forward so
-one sigmoid covers all gates (tanh x = 2 sigmoid 2x - 1), inference (no grad) runs a leaner loop, and each layer is a custom
+in the same per-step batched matmul (against a contiguous copy of the transposed recurrent weights), per-step
+views are made before the loop, the candidate gate's weight rows are doubled once per forward so one sigmoid
+covers all gates (tanh x = 2 sigmoid 2x - 1), inference (no grad) runs a leaner loop, and each layer is a custom
 autograd.Function whose backward is hand-written backpropagation through time: per step only the recurrent
 gate gradients, then the input and weight gradients are one matmul each over all steps. Double backward is
 not supported. tests/test_lstm.py checks outputs and every gradient against torch.nn.
@@ -53,7 +54,7 @@ def _lstm_forward(inputs, weight_ih, bias, weight_hh, h0, c0, keep_mask):
     h_steps, c_steps = [h0, *hs.unbind(1)], [c0, *cs.unbind(1)]  # index t: the state before step t
     gate_steps, tanh_c_steps = gates_all.unbind(1), tanh_cs.unbind(1)  # (D, B, 4H), (D, B, H)
     i_steps, f_steps, g_steps, o_steps = (part.unbind(1) for part in gates_all.split(hidden, dim=-1))
-    weight_hh_t = weight_hh.transpose(1, 2)  # (D, H, 4H)
+    weight_hh_t = weight_hh.transpose(1, 2).contiguous()  # (D, H, 4H): the per-step GEMM reads a copy faster than a view
     for t in range(steps):
         gates, g, i, f, o = gate_steps[t], g_steps[t], i_steps[t], f_steps[t], o_steps[t]
         h_prev, c_prev, h, c, tanh_c = h_steps[t], c_steps[t], h_steps[t + 1], c_steps[t + 1], tanh_c_steps[t]
@@ -84,7 +85,7 @@ def _lstm_infer(inputs, weight_ih, bias, weight_hh, h0, c0, keep_mask):
     i_steps, f_steps, g_steps, o_steps = (part.unbind(1) for part in gates_all.split(hidden, dim=-1))
     c_buffers = [c0.clone(), torch.empty_like(c0)]  # ping-pong: the state before and after a step
     scratch = torch.empty_like(c0)
-    weight_hh_t = weight_hh.transpose(1, 2)  # (D, H, 4H)
+    weight_hh_t = weight_hh.transpose(1, 2).contiguous()  # (D, H, 4H), as in _lstm_forward
     for t in range(steps):
         gates, g, i, f, o = gate_steps[t], g_steps[t], i_steps[t], f_steps[t], o_steps[t]
         h_prev, h, c_prev, c = h_steps[t], h_steps[t + 1], c_buffers[t % 2], c_buffers[1 - t % 2]
@@ -172,7 +173,7 @@ def _gru_forward(inputs, weight_ih, bias_ih, weight_hh, bias_hh, h0, keep_mask):
     candidate_all, hs = (inputs.new_empty(directions, steps, batch, hidden) for _ in range(2))
     hidden_gates_all = inputs.new_empty(directions, steps, batch, 3 * hidden)
     h_steps = [h0, *hs.unbind(1)]  # index t: the state before step t
-    weight_hh_t = weight_hh.transpose(1, 2)  # (D, H, 3H)
+    weight_hh_t = weight_hh.transpose(1, 2).contiguous()  # (D, H, 3H), contiguous as in _lstm_forward
     bias_hh = bias_hh.unsqueeze(1)  # (D, 1, 3H)
     for t in range(steps):
         reset_update, candidate, hidden_gates = reset_update_all[:, t], candidate_all[:, t], hidden_gates_all[:, t]
