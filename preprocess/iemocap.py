@@ -40,8 +40,9 @@ import torchaudio
 
 from common import InputError, atomic_write, progress, write_json
 from preprocess.features import log_mel, mfcc
-from preprocess.media import iter_frames, load_audio
+from preprocess.media import load_audio
 from preprocess.mtcnn import FaceCropper
+from preprocess.timeline import iter_segments
 
 EMOTIONS = ("ang", "exc", "fru", "hap", "neu", "sad")
 MOSEI_EMOTIONS = ("anger", "disgust", "fear", "happy", "sad", "surprise")
@@ -63,29 +64,12 @@ def session_of(utt_id):
 
 # ---------------------------------------------------------------- shared by both preprocessors
 
-def grid_times(start, end, step):
-    """The sampling-grid times (seconds, multiples of step) for a segment: those in [start, end), or the first
-    at or after start."""
-    first = math.ceil(round(start / step, 6))
-    last = math.ceil(round(end / step, 6)) - 1
-    return [k * step for k in range(first, max(first, last) + 1)]
-
-
 def frames_for_segments(video, segments, *, interval_ms):
-    """One streaming pass over `video`: yields (key, index, rgb) for every grid time of every segment
-    {key: (start_s, end_s)} (grid_times), frames sampled by timestamp every interval_ms."""
-    step = interval_ms / 1000
-    wanted = {}
-    for key, (start, end) in segments.items():
-        for index, time in enumerate(grid_times(start, end, step)):
-            wanted.setdefault(round(time / step), []).append((key, index))
-    last = max(wanted, default=-1)
-    for time, rgb in iter_frames(video, interval_ms=interval_ms):
-        tick = round(time / step)
-        for key, index in wanted.get(tick, []):
+    """One streaming pass over `video` (preprocess.timeline.iter_segments): yields (key, index, rgb) for every grid
+    time of every segment {key: (start_s, end_s)} (timeline.grid_times), frames sampled by timestamp every interval_ms."""
+    for key, frames, _ in iter_segments(video, segments, interval_ms=interval_ms, audio=False):
+        for index, rgb in frames:
             yield key, index, rgb
-        if tick >= last:
-            break
 
 
 def square_jpeg(path, rgb, size):

@@ -38,6 +38,7 @@ checked on RAVDESS against its intensity codes (README).
 """
 import collections
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from common import InputError, atomic_write, load_checkpoint
-from preprocess.features import speech_bounds
+from preprocess.features import crop_seconds, trim_silence
 from preprocess.media import MediaError, decoded_ahead, iter_audio, iter_frames, probe
 
 SAMPLE_RATE = 16000
@@ -86,16 +87,19 @@ def working_size(path):
     return WORKING_SIDE if min(info["width"], info["height"]) > WORKING_SIDE else None
 
 
-def iter_seconds(path, *, fps=1.0, size=None, center_crop=False, audio=True, video=True):
+def iter_seconds(path, *, fps=None, interval_ms=None, size=None, center_crop=False, audio=True, video=True):
     """Decode `path` once: MediaSecond(second, wave, frames) for s = 0, 1, ... while either stream lasts. Frames are
-    media.iter_frames(path, fps=fps, size=size, center_crop=center_crop) grouped by second; waves are 1-s pieces
-    of the 16-kHz mono audio. audio/video=False skips a stream; a missing stream is skipped silently (the caller
-    checks probe(path) when it needs one)."""
+    media.iter_frames(path, fps=fps or interval_ms=..., size=size, center_crop=center_crop) grouped by second; waves
+    are 1-s pieces of the 16-kHz mono audio. audio/video=False skips a stream; a missing stream is skipped silently
+    (the caller checks probe(path) when it needs one)."""
     info = probe(path)
+    if audio != video and not (info["has_audio"] if audio else info["has_video"]):
+        raise MediaError(path, f"no {'audio' if audio else 'video'} stream")
     audio, video = audio and info["has_audio"], video and info["has_video"]
     if not audio and not video:
         raise MediaError(path, "no audio or video stream to read")
-    frames = decoded_ahead(iter_frames(path, fps=fps, size=size, center_crop=center_crop)) if video else iter(())
+    sampling = {"fps": fps} if interval_ms is None else {"interval_ms": interval_ms}
+    frames = decoded_ahead(iter_frames(path, **sampling, size=size, center_crop=center_crop)) if video else iter(())
     waves = decoded_ahead(iter_one_second_waves(path), depth=4) if audio else iter(())
     try:
         pending, second = next(frames, None), 0
@@ -112,6 +116,53 @@ def iter_seconds(path, *, fps=1.0, size=None, center_crop=False, audio=True, vid
     finally:
         for stream in (frames, waves):
             getattr(stream, "close", lambda: None)()
+
+
+def grid_times(start, end, step):
+    """The sampling-grid times (seconds, multiples of step) for a segment: those in [start, end), or the first at or
+    after start."""
+    first = math.ceil(round(start / step, 6))
+    last = math.ceil(round(end / step, 6)) - 1
+    return [k * step for k in range(first, max(first, last) + 1)]
+
+
+def iter_segments(path, segments, *, interval_ms, audio=True, video=True):
+    """Per segment {key: (start_s, end_s)}: (key, frames, wave) as soon as the one decode (iter_seconds) has passed it,
+    so in order of their ends: frames [(k, rgb)] at the segment's grid_times (frames sampled every interval_ms, k the
+    index in the grid), wave the 16-kHz samples [start, end) (at least one sample where the audio reaches; None with
+    audio=False). Holds only
+    the media of segments not yet passed; stops decoding after the last segment."""
+    step = interval_ms / 1000
+    wanted, needed_until = {}, {}  # grid tick -> [(key, k)]; key -> seconds of media the segment needs
+    for key, (start, end) in segments.items():
+        times = grid_times(start, end, step)
+        for k, time in enumerate(times):
+            wanted.setdefault(round(time / step), []).append((key, k))
+        needed_until[key] = max(end, times[-1] + step / 2)
+    frames = {key: [] for key in segments}
+    buffer, buffer_start, open_keys = torch.zeros(0), 0, sorted(segments, key=lambda key: needed_until[key])
+
+    def finished(key):
+        start, end = segments[key]
+        first = int(start * SAMPLE_RATE)
+        span = slice(first - buffer_start, max(first + 1, int(end * SAMPLE_RATE)) - buffer_start)
+        return key, frames.pop(key), buffer[span].clone() if audio else None
+
+    for media in iter_seconds(path, interval_ms=interval_ms, audio=audio, video=video):
+        for time, rgb in media.frames:
+            for key, k in wanted.get(round(time / step), []):
+                frames[key].append((k, rgb))
+        if media.wave is not None:
+            buffer = torch.cat([buffer, media.wave])
+        while open_keys and needed_until[open_keys[0]] <= media.second + 1:
+            yield finished(open_keys.pop(0))
+        if not open_keys:
+            return
+        keep_from = min(int(segments[key][0] * SAMPLE_RATE) for key in open_keys)
+        if keep_from > buffer_start:
+            buffer, buffer_start = buffer[keep_from - buffer_start:], keep_from
+    for key in open_keys:  # past the end of the file: what there is
+        yield finished(key)
 
 
 # --------------------------------------------------------------------------------------- loudness, VAD
@@ -151,17 +202,8 @@ def non_neutral_of(probabilities, class_names):
 # -------------------------------------------------------------------------------------- speech emotion
 
 def evaluation_wave(wave, *, trim_db, max_seconds):
-    """train_av's evaluation transform of a clip: leading/trailing silence cut (features.speech_bounds at trim_db;
-    kept whole if that leaves under 0.25 s), then the centre max_seconds."""
-    if trim_db:
-        start, end = speech_bounds(wave, top_db=trim_db, sample_rate=SAMPLE_RATE)
-        if end - start >= MIN_WINDOW_SAMPLES:
-            wave = wave[start:end]
-    keep = int(max_seconds * SAMPLE_RATE)
-    if 0 < keep < len(wave):
-        first = (len(wave) - keep) // 2
-        wave = wave[first:first + keep]
-    return wave
+    """train_av's evaluation transform of a clip: leading/trailing silence cut at trim_db, then the centre max_seconds."""
+    return crop_seconds(trim_silence(wave, trim_db), max_seconds, at_random=False)
 
 
 def padded_batch(waves):
@@ -378,7 +420,7 @@ def build_timeline(path, *, speech=None, faces=None, frame_hooks=(), second_hook
     run_batch()
     length = len(columns["speech"])
     timeline = {"second": np.arange(length), "loudness_dbfs": np.array(columns["loudness_dbfs"], np.float32),
-                "speech": np.array(columns["speech"], np.int8), "has_audio": info["has_audio"],
+                "speech": np.array(columns["speech"], np.int8), "has_audio": info["has_audio"], "has_video": info["has_video"],
                 "frame_width": float(frame_shape[1] * frame_scale) if frame_shape else 0.0,
                 "frame_height": float(frame_shape[0] * frame_scale) if frame_shape else 0.0}
     if windows is not None:

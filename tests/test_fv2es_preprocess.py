@@ -13,7 +13,8 @@ from PIL import Image
 
 from common import InputError
 from preprocess import iemocap, mosei
-from preprocess.iemocap import EMOTIONS, grid_times, loso_splits, read_processed, speaker_side
+from preprocess.iemocap import EMOTIONS, loso_splits, read_processed, speaker_side
+from preprocess.timeline import grid_times
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
