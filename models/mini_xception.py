@@ -273,7 +273,10 @@ def keras_to_state_dict(model_config, arrays, *, where="keras weights"):
 
 def read_keras_hdf5(path):
     """A Keras 2 hdf5 file -> (model_config dict, {"layer/weight": float32 array as stored}). Needs h5py."""
-    import h5py  # conversion time only: make weights installs it into a throwaway folder
+    try:
+        import h5py  # conversion time only: make weights installs it into a throwaway folder
+    except ImportError:
+        raise InputError(f"{path}: reading Keras hdf5 needs h5py (`make weights` installs it into a throwaway folder)") from None
     path = Path(path)
     try:
         with h5py.File(path, "r") as file:
