@@ -37,7 +37,6 @@ from common import InputError, atomic_write, resolve_device, run_main, save_chec
 
 FER_EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 INPUT_SIZE = 64
-FER_CONFIG = {"in_channels": 1, "stem_width": 8, "widths": [16, 32, 64, 128], "num_classes": 7}
 
 
 # --------------------------------------------------------------------------------------------- layers
@@ -210,6 +209,16 @@ def architecture_from_keras(model_config):
             "widths": [config["filters"] for config in separables[1::2]], "num_classes": convs[-1]["filters"]}
 
 
+def _signature(layer):
+    """What the torch forward hard-codes about a weightless Keras layer: its kind and settings."""
+    kind, config = layer["class_name"], layer["config"]
+    if kind == "Activation":
+        return kind, config["activation"]
+    if kind == "MaxPooling2D":
+        return kind, tuple(config["pool_size"]), tuple(config["strides"]), config["padding"]
+    return (kind,)
+
+
 def _expect(condition, where, what):
     if not condition:
         raise InputError(f"{where}: not fer's mini-Xception ({what})")
@@ -221,54 +230,69 @@ def keras_to_state_dict(model_config, arrays, *, where="keras weights"):
     weight, bias, running_mean, running_var. Any layer, setting or shape that differs -> one InputError."""
     try:
         model = MiniXception(**architecture_from_keras(model_config))
-        weighted = [layer for layer in model_config["config"]["layers"] if layer["class_name"] in WEIGHTED_KERAS_LAYERS]
+        layers = model_config["config"]["layers"]
+        weighted = [layer for layer in layers if layer["class_name"] in WEIGHTED_KERAS_LAYERS]
+        unweighted = [_signature(layer) for layer in layers if layer["class_name"] not in WEIGHTED_KERAS_LAYERS]
     except (KeyError, IndexError, TypeError, StopIteration) as error:
         raise InputError(f"{where}: not fer's mini-Xception (model_config lacks {error})") from None
     torch_layers = keras_layer_order(model)
     _expect(len(weighted) == len(torch_layers), where, f"{len(weighted)} weighted layers, expected {len(torch_layers)}")
+    blocks = len(model.blocks)
+    expected = {("InputLayer",): 1, ("Activation", "relu"): 2 + blocks, ("MaxPooling2D", (3, 3), (2, 2), "same"): blocks,
+                ("Add",): blocks, ("GlobalAveragePooling2D",): 1, ("Activation", "softmax"): 1}
+    _expect({key: unweighted.count(key) for key in unweighted} == expected, where,
+            "its activations, pools or adds are not mini-Xception's")
     state, shapes = {}, {key: value.shape for key, value in model.state_dict().items()}
     names = {module: name for name, module in model.named_modules()}
-
-    def put(module, key, value, keras_name):
-        target = f"{names[module]}.{key}"
-        expected = shapes[target]
-        _expect(tuple(value.shape) == tuple(expected), where, f"{keras_name}: shape {tuple(value.shape)}, expected {tuple(expected)}")
-        state[target] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-
     for layer, module in zip(weighted, torch_layers):
-        kind, config, name = layer["class_name"], layer["config"], layer["config"]["name"]
-        _expect(isinstance(module, WEIGHTED_KERAS_LAYERS[kind]), where, f"{name} is a {kind} where a {type(module).__name__} belongs")
-
-        def array(weight):
-            key = f"{name}/{weight}"
-            _expect(key in arrays, where, f"array {key} missing")
-            return np.asarray(arrays[key])
-
-        if kind == "BatchNormalization":
-            _expect(abs(config["epsilon"] - 1e-3) < 1e-9 and config["center"] and config["scale"], where, f"{name} settings")
-            for keras_key, torch_key in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
-                                         ("moving_variance", "running_var")):
-                put(module, torch_key, array(keras_key), f"{name}/{keras_key}")
-            state[f"{names[module]}.num_batches_tracked"] = torch.tensor(0)
-            continue
-        _expect(config["activation"] == "linear" and list(config["dilation_rate"]) == [1, 1], where, f"{name} settings")
-        if kind == "SeparableConv2D":
-            _expect(config["depth_multiplier"] == 1 and not config["use_bias"] and config["padding"] == "same"
-                    and list(config["strides"]) == [1, 1], where, f"{name} settings")
-            put(module.depthwise, "weight", array("depthwise_kernel").transpose(2, 3, 0, 1), f"{name}/depthwise_kernel")
-            put(module.pointwise, "weight", array("pointwise_kernel").transpose(3, 2, 0, 1), f"{name}/pointwise_kernel")
-            continue
-        stride, size = list(config["strides"]), list(config["kernel_size"])
-        torch_padding = "valid" if module.padding == (0, 0) else "same"
-        _expect(list(module.stride) == stride and list(module.kernel_size) == size and config["use_bias"] == (module.bias is not None)
-                and (config["padding"] == torch_padding or size == [1, 1]), where, f"{name} settings")
-        put(module, "weight", array("kernel").transpose(3, 2, 0, 1), f"{name}/kernel")
-        if module.bias is not None:
-            put(module, "bias", array("bias"), f"{name}/bias")
+        name = layer.get("config", {}).get("name", "?")
+        try:
+            _convert_layer(layer, module, names, shapes, arrays, state, where)
+        except (KeyError, TypeError) as error:
+            raise InputError(f"{where}: not fer's mini-Xception ({name}: setting {error} missing or malformed)") from None
     missing = sorted(set(model.state_dict()) - set(state))
     _expect(not missing, where, f"no Keras array for {missing[:3]}")
     model.load_state_dict(state, strict=True)
     return model.eval(), state
+
+
+def _convert_layer(layer, module, names, shapes, arrays, state, where):
+    """One Keras layer's arrays -> `state` entries of its torch `module` (see keras_to_state_dict)."""
+    def put(module, key, value, keras_name):
+        target = f"{names[module]}.{key}"
+        _expect(tuple(value.shape) == tuple(shapes[target]), where,
+                f"{keras_name}: shape {tuple(value.shape)}, expected {tuple(shapes[target])}")
+        state[target] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+
+    kind, config, name = layer["class_name"], layer["config"], layer["config"]["name"]
+    _expect(isinstance(module, WEIGHTED_KERAS_LAYERS[kind]), where, f"{name} is a {kind} where a {type(module).__name__} belongs")
+
+    def array(weight):
+        key = f"{name}/{weight}"
+        _expect(key in arrays, where, f"array {key} missing")
+        return np.asarray(arrays[key])
+
+    if kind == "BatchNormalization":
+        _expect(abs(config["epsilon"] - 1e-3) < 1e-9 and config["center"] and config["scale"], where, f"{name} settings")
+        for keras_key, torch_key in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
+                                     ("moving_variance", "running_var")):
+            put(module, torch_key, array(keras_key), f"{name}/{keras_key}")
+        state[f"{names[module]}.num_batches_tracked"] = torch.tensor(0)
+        return
+    _expect(config["activation"] == "linear" and list(config["dilation_rate"]) == [1, 1], where, f"{name} settings")
+    if kind == "SeparableConv2D":
+        _expect(config["depth_multiplier"] == 1 and not config["use_bias"] and config["padding"] == "same"
+                and list(config["strides"]) == [1, 1], where, f"{name} settings")
+        put(module.depthwise, "weight", array("depthwise_kernel").transpose(2, 3, 0, 1), f"{name}/depthwise_kernel")
+        put(module.pointwise, "weight", array("pointwise_kernel").transpose(3, 2, 0, 1), f"{name}/pointwise_kernel")
+        return
+    stride, size = list(config["strides"]), list(config["kernel_size"])
+    torch_padding = "valid" if module.padding == (0, 0) else "same"
+    _expect(list(module.stride) == stride and list(module.kernel_size) == size and config["use_bias"] == (module.bias is not None)
+            and (config["padding"] == torch_padding or size == [1, 1]), where, f"{name} settings")  # 1x1: 'same' pads nothing
+    put(module, "weight", array("kernel").transpose(3, 2, 0, 1), f"{name}/kernel")
+    if module.bias is not None:
+        put(module, "bias", array("bias"), f"{name}/bias")
 
 
 def read_keras_hdf5(path):
@@ -289,9 +313,10 @@ def read_keras_hdf5(path):
                 for weight in group[layer].attrs["weight_names"]:
                     weight = weight.decode() if isinstance(weight, bytes) else weight
                     arrays[f"{layer}/{weight.split('/')[-1].split(':')[0]}"] = group[layer][weight][()]
-    except (OSError, KeyError) as error:
+        model_config = json.loads(config_text)
+    except (OSError, KeyError, ValueError) as error:
         raise InputError(f"{path}: not a readable Keras hdf5 file ({str(error).splitlines()[0][:160]})") from None
-    return json.loads(config_text), arrays
+    return model_config, arrays
 
 
 def convert(hdf5_path, out_dir):

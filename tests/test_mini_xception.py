@@ -146,7 +146,7 @@ def test_small_config_converts_and_matches():
 
 
 def test_a_mismapped_keras_graph_is_refused_with_one_line():
-    config, arrays = keras_config(), None
+    config = keras_config()
     arrays = random_keras_arrays(config)
     broken = json.loads(json.dumps(config))
     next(layer for layer in broken["config"]["layers"] if layer["class_name"] == "BatchNormalization")["config"]["epsilon"] = 1e-5
@@ -166,6 +166,14 @@ def test_a_mismapped_keras_graph_is_refused_with_one_line():
         keras_to_state_dict(swapped, arrays)
     with pytest.raises(InputError, match="model_config lacks"):
         keras_to_state_dict({"config": {}}, arrays)
+    valid_pool = json.loads(json.dumps(config))
+    next(layer for layer in valid_pool["config"]["layers"] if layer["class_name"] == "MaxPooling2D")["config"]["padding"] = "valid"
+    with pytest.raises(InputError, match="pools or adds are not mini-Xception's"):
+        keras_to_state_dict(valid_pool, arrays)
+    no_epsilon = json.loads(json.dumps(config))
+    del next(layer for layer in no_epsilon["config"]["layers"] if layer["class_name"] == "BatchNormalization")["config"]["epsilon"]
+    with pytest.raises(InputError, match="batch_normalization_1: setting 'epsilon' missing"):
+        keras_to_state_dict(no_epsilon, arrays)
 
 
 def test_convert_writes_the_state_dict_raw_arrays_and_graph(tmp_path, monkeypatch, capsys):
