@@ -125,21 +125,23 @@ def rgb_to_grey(rgb):
 
 
 def _grey_crops(crops):
-    """An array or list of uint8 crops -> a list of uint8 (H, W) grey arrays, or one InputError line."""
+    """uint8 crops -> a list of same-size uint8 grey batches (n, H, W): the whole array as one batch, or one
+    per crop of a list; anything else -> one InputError line."""
     if isinstance(crops, np.ndarray):
-        if crops.dtype != np.uint8 or crops.ndim not in (3, 4) or (crops.ndim == 4 and crops.shape[3] != 3):
+        if (crops.dtype != np.uint8 or crops.ndim not in (3, 4) or (crops.ndim == 4 and crops.shape[3] != 3)
+                or (len(crops) and 0 in crops.shape[1:3])):
             raise InputError(f"faces_to_input: expected uint8 (N, H, W, 3) RGB or (N, H, W) grey crops, "
                              f"got {crops.dtype} {crops.shape}")
         if crops.ndim == 3 and crops.shape[2] == 3:
             raise InputError(f"faces_to_input: {crops.shape} looks like one RGB crop, not N grey crops; pass crop[None]")
-        return list(rgb_to_grey(crops) if crops.ndim == 4 else crops)
+        return [rgb_to_grey(crops) if crops.ndim == 4 else crops]
     greys = []
     for index, crop in enumerate(crops):
         crop = np.asarray(crop)
         if crop.dtype != np.uint8 or not (crop.ndim == 2 or (crop.ndim == 3 and crop.shape[2] == 3)) or crop.size == 0:
             raise InputError(f"faces_to_input: crop {index}: expected uint8 (H, W, 3) RGB or (H, W) grey, "
                              f"got {crop.dtype} {crop.shape}")
-        greys.append(rgb_to_grey(crop) if crop.ndim == 3 else crop)
+        greys.append((rgb_to_grey(crop) if crop.ndim == 3 else crop)[None])
     return greys
 
 
@@ -151,15 +153,15 @@ def faces_to_input(crops, *, size=INPUT_SIZE):
 
     crops: uint8 (N, H, W, 3) RGB or (N, H, W) grey, or a list of (H, W, 3) / (H, W) crops of any sizes.
     -> float32 tensor (N, 1, size, size) on the CPU. Much larger crops alias when shrunk (as in fer): crop
-    faces to about 48-128 px first (FaceCropper does, with antialiasing)."""
-    resized = []
-    for grey in _grey_crops(crops):
-        image = torch.from_numpy(np.ascontiguousarray(grey)).float()[None, None]  # (1, 1, h, w)
-        if image.shape[2:] != (size, size):
-            image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False).round()
-        resized.append(image)
-    if not resized:
-        return torch.zeros(0, 1, size, size)
+    faces to about 48-128 px first (e.g. FaceCropper, which resizes with antialiasing)."""
+    resized = [torch.zeros(0, 1, size, size)]
+    for greys in _grey_crops(crops):
+        if not len(greys):
+            continue
+        images = torch.from_numpy(np.ascontiguousarray(greys)).float()[:, None]  # (n, 1, h, w)
+        if images.shape[2:] != (size, size):
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).round()
+        resized.append(images)
     return (torch.cat(resized) / 255.0 - 0.5) * 2.0
 
 

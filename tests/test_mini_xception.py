@@ -261,10 +261,12 @@ def test_faces_to_input_takes_mixed_sizes_and_refuses_bad_crops():
     both = faces_to_input([small, large])
     torch.testing.assert_close(both[0], faces_to_input(small[None])[0], rtol=0, atol=0)
     torch.testing.assert_close(both[1], faces_to_input(large[None])[0], rtol=0, atol=0)
-    assert faces_to_input(np.zeros((0, 64, 64, 3), np.uint8)).shape == (0, 1, 64, 64)
+    for empty in (np.zeros((0, 30, 30, 3), np.uint8), np.zeros((0, 64, 64), np.uint8), []):
+        assert faces_to_input(empty).shape == (0, 1, 64, 64)
     assert faces_to_input(np.full((1, 64, 64), 255, np.uint8)).eq(1).all()
     for bad in (np.zeros((2, 64, 64, 3), np.float32), np.zeros((2, 64, 64, 4), np.uint8), np.zeros((64, 64, 3), np.uint8),
-                [small, np.zeros((5, 5, 2), np.uint8)], np.zeros((64, 64), np.uint8)[None, None]):
+                [small, np.zeros((5, 5, 2), np.uint8)], np.zeros((64, 64), np.uint8)[None, None], np.zeros((2, 0, 9, 3), np.uint8),
+                [np.zeros((0, 4), np.uint8)]):
         with pytest.raises(InputError, match="faces_to_input"):
             faces_to_input(bad)
 
