@@ -3,8 +3,11 @@
 audio stream, audio shorter than the video, a variable-frame-rate phone clip and phone clips whose display matrix
 turns landscape frames to portrait (a `rotate` tag of 90 and 270 degrees). Each clip is written here with PyAV;
 each frame shows its index as 8 black/white cells, so a reader's choice of frame can be checked."""
+import base64
+import io
 import json
 import math
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -15,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torchaudio
+from PIL import Image
 
 import train_av
 import train_fv2es
@@ -270,6 +274,11 @@ def test_every_predict_gives_a_result_or_one_line_on_real_footage(footage, check
 
     segments = fv2es()["segments"]
     assert len(segments) == math.ceil(probe(path)["duration_s"] / 2 - 1e-6)
+    first = re.search(r'src="data:image/jpeg;base64,([^"]+)"', (tmp_path / "fv2es" / "report.html").read_text()).group(1)
+    thumbnail = np.asarray(Image.open(io.BytesIO(base64.b64decode(first))).convert("RGB"))  # frame 0, 72 px high
+    assert thumbnail.shape[1] / 72 == pytest.approx(options["size"][0] / options["size"][1], abs=0.05)  # width / height as shown
+    red, green, _ = thumbnail[1:4, 1:4].reshape(-1, 3).mean(0)
+    assert red > 150 and green < 100  # upright: the red corner at the top left
     assert all(0 <= p <= 1 for segment in segments for p in segment["probabilities"].values())
     [prediction] = av_emotion()
     assert prediction["prediction"] in train_av.EMOTIONS and sum(prediction["probabilities"].values()) == pytest.approx(1, abs=1e-5)
