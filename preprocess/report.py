@@ -202,6 +202,7 @@ def write_reel(source, segments, out_path):
                 video_out.set_display_matrix(display_matrix(picture[2]))
             reel_start = samples_written = 0  # reel_start: where the span starts in the reel (s; spans are whole seconds)
             audio_end = 0  # copied audio: where the packets so far end, in the source's audio time base
+            frame_pts = -1
             for index, (span_start, span_end) in enumerate(spans):
                 if copy_audio:
                     # packets are laid end to end (an mp4 player does so anyway); a packet is taken when its middle
@@ -226,7 +227,9 @@ def write_reel(source, segments, out_path):
                         samples_written += int(keep.sum())
                 while picture is not None and picture[0] == index:
                     _, start, frame = picture
-                    frame.pts, frame.time_base = round((reel_start + start - span_start) / video_time_base), video_time_base
+                    # strictly increasing even where a damaged source repeats a timestamp
+                    frame_pts = max(frame_pts + 1, round((reel_start + start - span_start) / video_time_base))
+                    frame.pts, frame.time_base = frame_pts, video_time_base
                     output.mux(video_out.encode(frame))
                     picture = next(pictures, None)
                 reel_start += span_end - span_start
