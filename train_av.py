@@ -20,7 +20,6 @@ validation, or the last epoch with --val-actors none), last.pt (for --resume), m
 predictions of all folds. Validation picks the checkpoint; the test actors are evaluated once, at the end.
 """
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from torch.utils.data.distributed import DistributedSampler
 from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, classification_report,
                     cleanup_distributed, format_table, keep_freed_memory, load_checkpoint, make_run_dir, parse_ids, progress,
                     resolve_device, resume_training_state, run_main, save_checkpoint, save_training_state,
-                    seed_everything, setup_distributed, write_json)
+                    seed_everything, setup_distributed, to_device, write_failures, write_json)
 from models.av_emotion import AUDIO_ENCODERS, AVEmotionClassifier, VideoEncoder
 from preprocess.cache import ensure_cached
 from preprocess.features import speech_bounds
@@ -235,10 +234,6 @@ def mix_batch(batch, targets, ratio):
     return mixed, ratio * targets + (1 - ratio) * targets[partner]
 
 
-def to_device(batch, device):
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-
 @torch.no_grad()
 def predict_probabilities(model, loader, device, *, amp=False):
     model.eval()
@@ -392,7 +387,7 @@ def main(argv=None):
         cache_paths = {k: v for part, _ in gathered for k, v in part.items()}
         failures = [f for _, part in gathered for f in part]
     if dist.is_main:
-        atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
+        write_failures(run_dir, failures)
         if failures:
             print(f"{len(failures)} file(s) skipped, listed in {run_dir / 'failures.csv'}")
     trials = [t for t in trials if t.key in cache_paths]

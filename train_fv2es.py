@@ -33,11 +33,8 @@ cli.py defaults differ (-ep and -bs required, -es 5, --trans-dim 512, --trans-nl
 --num-emotions 4, --text-max-len 300).
 """
 import argparse
-import csv
 import functools
 import time
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +42,10 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics as skm
 
-from common import (InputError, atomic_write, autocast, broadcast_object, best_f1_threshold, classification_report, cleanup_distributed, format_table, keep_freed_memory, load_checkpoint,
-                    make_run_dir, progress, resolve_device, run_main, save_checkpoint, seed_everything, setup_distributed, write_json)
+from common import (InputError, UNREADABLE_ARRAY_ERRORS, atomic_write, autocast, best_f1_threshold, broadcast_object, classification_report,
+                    cleanup_distributed, format_table, keep_freed_memory, load_checkpoint, make_run_dir, progress, resolve_device,
+                    resume_training_state, run_main, save_checkpoint, save_training_state, seed_everything, setup_distributed, to_device,
+                    write_failures, write_json)
 from models.fv2es import MME2E, HandCrafted, normalise_faces
 from models.repvgg import fuse_repvgg
 from preprocess.cache import cached_array
@@ -153,7 +152,7 @@ class Utterances(torch.utils.data.Dataset):
         if cached.is_file():
             try:
                 return np.load(cached, allow_pickle=False)
-            except (OSError, ValueError, EOFError):
+            except UNREADABLE_ARRAY_ERRORS:
                 pass  # cut short or corrupt: crop the jpgs again (into --cache) below
         images = sorted(item.folder.glob(f"image{suffix}_*.jpg"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
         if not images:
@@ -175,7 +174,7 @@ class Utterances(torch.utils.data.Dataset):
             try:
                 with np.load(path, allow_pickle=False) as saved:
                     sample["hcf"] = {m: saved[m] for m in self.args.modalities}
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+            except UNREADABLE_ARRAY_ERRORS as error:
                 raise InputError(f"{path}: unreadable hand-crafted features ({type(error).__name__}: {str(error)[:100]})") from None
             for m, size in zip("tav", self.args.hfc_sizes):
                 if m in sample["hcf"] and sample["hcf"][m].shape[1] != size:
@@ -215,18 +214,12 @@ def collate(samples, *, tokenizer, text_max_len):
     return batch, labels, [s["id"] for s in samples]
 
 
-def to_device(batch, device):
-    moved = {}
-    for key, value in batch.items():
-        if isinstance(value, dict):
-            moved[key] = to_device(value, device)
-        elif isinstance(value, tuple):
-            moved[key] = tuple(v.to(device, non_blocking=True) for v in value)
-        else:
-            moved[key] = value.to(device, non_blocking=True)  # asynchronous from the loaders' pinned batches on CUDA
-    if "faces" in moved:
-        moved["faces"] = normalise_faces(moved["faces"])
-    return moved
+def model_inputs(batch, device):
+    """The batch on `device`, its uint8 faces (N, 48, 48, 3) normalised to float (N, 3, 48, 48) for the CNN."""
+    batch = to_device(batch, device)
+    if "faces" in batch:
+        batch["faces"] = normalise_faces(batch["faces"])
+    return batch
 
 
 # ---------------------------------------------------------------- model, loss, evaluation
@@ -272,7 +265,7 @@ def predict_scores(model, loader, args, device):
     all_labels, all_scores, all_ids = [], [], []
     for batch, labels, ids in loader:
         with autocast(device, getattr(args, "amp", False)):
-            logits = model(to_device(batch, device)).float()
+            logits = model(model_inputs(batch, device)).float()
         all_scores.append((logits.softmax(-1) if args.loss == "ce" else logits.sigmoid()).cpu().numpy())
         all_labels.append(labels.numpy())
         all_ids += ids
@@ -512,7 +505,7 @@ def train(args, device):
     run_dir = Path(broadcast_object(dist, str(make_run_dir(args.out, args, default_root="runs/fv2es")) if dist.is_main else None))
     if dist.is_main:
         write_json(run_dir / "split.json", {"protocol": args.protocol, **splits})
-        atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
+        write_failures(run_dir, failures)
     data = loaders(items, splits, args, dist)
     train_labels = np.stack([items[i].label for i in splits["train"]])
     positives = train_labels.sum(0)
@@ -530,13 +523,7 @@ def train(args, device):
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2) if args.scheduler else None
     start_epoch, best_score, best_epoch = 0, -1.0, -1
     if args.resume and (run_dir / "last.pt").is_file():
-        state = load_checkpoint(run_dir / "last.pt")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler:
-            scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+        start_epoch, best_score, best_epoch = resume_training_state(run_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler)
     # the text encoder's pooler never reaches the loss, so DDP must allow unused parameters
     train_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if dist.enabled else model
     for epoch in range(start_epoch, args.epochs):
@@ -547,7 +534,7 @@ def train(args, device):
         started, loss_sum = time.time(), 0.0
         for batch, labels, _ in progress(data["train"], enabled=dist.is_main, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False):
             with autocast(device, args.amp):
-                logits = train_model(to_device(batch, device))
+                logits = train_model(model_inputs(batch, device))
             loss = compute_loss(logits.float(), labels.to(device, non_blocking=True), args, pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -570,9 +557,8 @@ def train(args, device):
             if improved:
                 save_checkpoint(run_dir / "model.pt", {"model": model.state_dict(), "args": vars(args), "epoch": epoch,
                                                        "thresholds": thresholds, "class_names": CLASS_NAMES[args.dataset]})
-            save_checkpoint(run_dir / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                  "scheduler": scheduler.state_dict() if scheduler else None, "rng": torch.get_rng_state(),
-                                                  "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch})
+            save_training_state(run_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
+                                best_score=best_score, best_epoch=best_epoch)
             print(f"epoch {epoch + 1}: loss {loss_sum / max(1, len(data['train'])):.4f}  valid mean F1 {score:.3f}  "
                   f"mean acc {valid['mean_accuracy']:.3f}{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
         if epoch - best_epoch >= args.early_stop:

@@ -30,8 +30,6 @@ training accuracy; always-neutral scores mid-80s).
 import csv
 import hashlib
 import json
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +39,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, broadcast_object, classification_report, global_mean,
-                    cleanup_distributed, format_table, keep_freed_memory, load_checkpoint, make_run_dir, parse_ids, progress,
-                    resolve_device, resume_training_state, run_main, save_checkpoint, save_training_state,
-                    seed_everything, setup_distributed, write_json)
+from common import (InputError, UNREADABLE_ARRAY_ERRORS, add_logistics_args, argument_parser, atomic_write, autocast, broadcast_object,
+                    classification_report, cleanup_distributed, format_table, global_mean, keep_freed_memory, load_checkpoint,
+                    make_run_dir, parse_ids, progress, resolve_device, resume_training_state, run_main, save_checkpoint,
+                    save_training_state, seed_everything, setup_distributed, to_device, write_failures, write_json)
 from models.kemdy20 import NodeEncoders, TemporalGNN, count_parameters
 from preprocess.features import mfcc
 from preprocess.kemdy20 import EMOTIONS, WINDOW_S, build_nodes, scan_kemdy20, utterance_table
@@ -107,7 +105,7 @@ def load_cached(path, key):
             if "key" not in stored or str(stored["key"]) != json.dumps(key, sort_keys=True):
                 return None
             return {name: stored[name] for name in stored.files if name != "key"}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):  # cut short or corrupt: rebuilt
+    except UNREADABLE_ARRAY_ERRORS:  # cut short or corrupt: rebuilt
         print(f"{path}: unreadable cache, rebuilding it")
         return None
 
@@ -133,7 +131,7 @@ def prepare_nodes(args, run_dir):
             try:
                 with np.load(run_dir / "nodes.npz", allow_pickle=False) as stored:
                     return {name: stored[name] for name in stored.files if name != "key"}
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+            except UNREADABLE_ARRAY_ERRORS:
                 raise InputError(f"{run_dir / 'nodes.npz'}: unreadable (cut short?); give --data KEMDy20_DIR to rebuild it") from None
         raise InputError(f"{run_dir / 'nodes.npz'}: not built yet; give --data KEMDy20_DIR")
     key = {"data": str(Path(args.data).resolve()), "drop_neutral_ties": args.drop_neutral_ties, "frames": AUDIO_FRAMES}
@@ -156,7 +154,7 @@ def prepare_nodes(args, run_dir):
         mfcc_parts.append(coefficients)
         audio_offset[index] = (total, coefficients.shape[1])
         total += coefficients.shape[1]
-    atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
+    write_failures(run_dir, failures)
     if not mfcc_parts:
         raise InputError(f"{args.data}: no readable wav among the utterances with E4 samples (see {run_dir / 'failures.csv'})")
     keep = np.array([u in audio_offset for u in nodes["utterance"]])
@@ -202,11 +200,12 @@ def session_split(nodes, args, run_dir):
 
 def fit(name, *, model, train_model, optimizer, scheduler, loader, sampler, loss_of, evaluate, epochs, args, run_dir, dist, info):
     """Epochs of loss_of(batch) -> loss; rank 0 validates with evaluate() -> report, keeps the best as {name}.pt and
-    {name}_last.pt for --resume. Returns the best epoch."""
+    {name}_last.pt for --resume (the schedule depends on `epochs`: resuming with others is refused). Returns the best epoch."""
     start_epoch, best_score, best_epoch = 0, -1.0, -1
     last = run_dir / f"{name}_last.pt"
     if args.resume and last.is_file():
-        start_epoch, best_score, best_epoch = resume_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler)
+        start_epoch, best_score, best_epoch = resume_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler,
+                                                                    total_steps=epochs * len(loader))
         if start_epoch >= epochs:
             print(f"{name}: finished earlier (best epoch {best_epoch + 1}), kept")
     for epoch in range(start_epoch, epochs):
@@ -229,7 +228,7 @@ def fit(name, *, model, train_model, optimizer, scheduler, loader, sampler, loss
                 best_score, best_epoch = report[args.select], epoch
                 save_checkpoint(run_dir / f"{name}.pt", {"model": model.state_dict(), "epoch": epoch, **info})
             save_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-                                best_score=best_score, best_epoch=best_epoch)
+                                best_score=best_score, best_epoch=best_epoch, total_steps=epochs * len(loader))
             print(f"{name} epoch {epoch + 1}: loss {loss_sum / max(1, len(loader)):.3f}  val accuracy {report['accuracy']:.3f}  "
                   f"macro-F1 {report['macro_f1']:.3f}{'  *' if improved else ''}", flush=True)
         if dist.enabled:
@@ -285,11 +284,10 @@ def stage_encoders(nodes, split, args, run_dir, device, dist):
                                   drop_last=len(split["train"]) > args.encoder_batch_size)  # no 1-node batch for BatchNorm
     optimizer = torch.optim.Adam(model.parameters(), lr=args.encoder_lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.encoder_step, gamma=0.1)
-    scheduler.total_steps = args.encoder_epochs * len(loader)  # what common's --resume check compares
     train_model = DistributedDataParallel(model) if dist.enabled else model
 
     def loss_of(batch):
-        eda, temp, coefficients, labels = (part.to(device, non_blocking=True) for part in batch)
+        eda, temp, coefficients, labels = to_device(batch, device)
         with autocast(device, args.amp):
             logits, _ = train_model(eda, temp, coefficients)
         return sum(F.cross_entropy(head.float(), labels) for head in logits.values())  # four CEs on logits
@@ -396,7 +394,6 @@ def stage_gnn(nodes, split, features, graphs, args, run_dir, device, dist):
     loader, sampler = make_loader(Blocks(blocks["train"]), args.gnn_batch_size, args, dist, collate_fn=lambda b: b)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.gnn_lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.gnn_epochs)
-    scheduler.total_steps = args.gnn_epochs * len(loader)  # what common's --resume check compares
     train_model = DistributedDataParallel(model) if dist.enabled else model
 
     def loss_of(batch):

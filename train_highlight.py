@@ -21,7 +21,6 @@ probes, feature statistics and the validation-best threshold), last.pt (--resume
 test videos, against the OR of the annotators: F1 at 0.3 (the seed's) and at the validation-best threshold,
 AP, AUROC, and the all-positive F1 beside them; per category too.
 """
-import csv
 import hashlib
 import json
 import os
@@ -33,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, barrier, best_f1_threshold,
-                    binary_report, broadcast_object, cleanup_distributed, global_mean, rank_share, setup_distributed,
-                    classification_report, format_table, keep_freed_memory, load_checkpoint, make_run_dir, progress, resolve_device,
-                    resume_training_state, run_main, save_checkpoint, save_training_state, seed_everything, write_json)
+from common import (InputError, add_logistics_args, argument_parser, barrier, best_f1_threshold, binary_report,
+                    broadcast_object, cleanup_distributed, global_mean, rank_share, setup_distributed, classification_report,
+                    format_table, keep_freed_memory, load_checkpoint, make_run_dir, progress, resolve_device, resume_training_state,
+                    run_main, save_checkpoint, save_training_state, seed_everything, to_device, write_failures, write_json)
 from models.highlight import EmotionProbe, FrameCNN, HighlightModel
 from preprocess.aihub import chunk_bounds, scan_aihub
 from preprocess.highlight_features import Encoders, fit_length, iter_windows, probe_utterances, video_features, window_stats
@@ -172,7 +171,7 @@ def score_video(model, features, stats, length, chunk_seconds):
     """Sigmoid score per second (length,), chunk by chunk."""
     model.eval()
     device = next(model.parameters()).device
-    scores = [torch.sigmoid(model(**{k: v.to(device) for k, v in collate([chunk_inputs(features, stats, start, end)]).items()})[0])
+    scores = [torch.sigmoid(model(**to_device(collate([chunk_inputs(features, stats, start, end)]), device))[0])
               for start, end in chunk_bounds(length, chunk_seconds)]
     return torch.cat(scores).cpu().numpy()
 
@@ -191,11 +190,6 @@ def split_videos(videos, args):
         if not split[part]:
             raise InputError(f"{args.data}: the {part} split is empty ({len(videos)} labelled videos)")
     return split
-
-
-def to_device(tensors, device):
-    """Host tensors -> device; page-locked first on CUDA so the copies are asynchronous."""
-    return {k: (v.pin_memory() if device.type == "cuda" else v).to(device, non_blocking=True) for k, v in tensors.items()}
 
 
 def train(args):
@@ -226,7 +220,7 @@ def train(args):
         except MediaError as error:
             failures.append((str(video.path), str(error)))
     if dist.is_main:
-        atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("file", "problem"), *failures]), binary=False)
+        write_failures(run_dir, failures)
     videos = [v for v in videos if v.stem in features]
     if not videos:
         raise InputError(f"{args.data}: no usable labelled videos (see {run_dir / 'failures.csv'})")

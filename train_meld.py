@@ -32,7 +32,6 @@ metrics.json {"dev": ..., "test": ...[, "svm": ...]}; with --ensemble N those fi
 top-level metrics.json {"members": [...], "dev": ..., "test": ...} of the mean of the members' probabilities.
 """
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, barrier, broadcast_object,
                     classification_report, cleanup_distributed, format_table, global_mean, rank_share, setup_distributed,
                     keep_freed_memory, load_checkpoint, make_run_dir, progress, resolve_device, resume_training_state, run_main,
-                    save_checkpoint, save_training_state, seed_everything, write_json)
+                    save_checkpoint, save_training_state, seed_everything, to_device, write_failures, write_json)
 from models.meld_emotion import FrameEncoder, MELDEmotionClassifier, SentenceEncoder, Wav2Vec2Mean
 from preprocess.cache import cached_array
 from preprocess.features import mfcc, prosody
@@ -310,8 +309,7 @@ def make_batch(split, index_lists, modalities, device):
         for m in modalities:
             features[m][row, :len(indices)] = split[m][indices]
     keys = [[split["utterances"][i].key for i in indices] for indices in index_lists]
-    return ({m: f.to(device, non_blocking=True) for m, f in features.items()}, lengths.to(device), labels.to(device, non_blocking=True),
-            keys)
+    return (*to_device((features, lengths, labels), device), keys)
 
 
 def global_batches(sequence_count, args, dist):
@@ -370,7 +368,7 @@ def fit_member(splits, csv_problems, args, run_dir, device, dist):
     data, failures = build_features(splits, args, device, show=dist.is_main)
     failures = csv_problems + failures
     if dist.is_main:
-        atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
+        write_failures(run_dir, failures)
         if failures:
             print(f"{len(failures)} utterance(s) skipped for missing or unreadable clips, listed in {run_dir / 'failures.csv'}")
         write_json(run_dir / "split.json", {split: [u.key for u in part["utterances"]] for split, part in data.items()})

@@ -585,7 +585,7 @@ def test_highlight_video_whose_labels_claim_another_length_is_skipped(tmp_path):
     metrics = train_highlight.main(["--data", str(data), "-mod", "a", "--hidden", "8", "--epochs", "1", "--cache", str(tmp_path / "cache"),
                                     "--out", str(out), "--device", "cpu"])
     with open(out / "failures.csv", newline="", encoding="utf-8") as file:
-        problems = {Path(row["file"]).stem: row["problem"] for row in csv.DictReader(file)}
+        problems = {Path(row["item"]).stem: row["problem"] for row in csv.DictReader(file)}
     stem = label.stem.rsplit("_", 1)[0]
     assert "s of media but its label files say 400 s" in problems[stem], problems
     split = json.loads((out / "split.json").read_text(encoding="utf-8"))
