@@ -70,7 +70,7 @@ def build_parser():
     model.add_argument("--max-audio-seconds", type=float, default=6.0, help="longer audio is cut (random window in training, centre in evaluation) (default %(default)s)")
     model.add_argument("--train-crop-seconds", type=float, default=3.0, help="random audio crop length while training, 0 = whole clip (default %(default)s)")
     model.add_argument("--video-fps", type=float, default=6.0, help="frames sampled per second by timestamp (default %(default)s)")
-    model.add_argument("--max-frames", type=int, default=30, help="frames per clip after uniform subsampling (default %(default)s)")
+    model.add_argument("--video-frames", type=int, default=30, help="frames per clip after uniform subsampling (default %(default)s)")
     model.add_argument("--frame-size", type=int, default=112, help="centre-cropped square frame side in pixels (default %(default)s)")
     model.add_argument("--video-weights", help="torchvision ResNet-18 ImageNet state dict (.pth file or folder); random init without it")
     model.add_argument("--video-frozen-stages", type=int, default=None, help="ResNet stages (0-4) kept frozen after the stem; default 2 with --video-weights, 0 without")
@@ -150,8 +150,8 @@ class TrialDataset(Dataset):
             item["audio"] = torch.from_numpy(np.array(wave, dtype=np.float32))
         if "frames" in paths:
             frames = np.load(paths["frames"], mmap_mode="r", allow_pickle=False)
-            if len(frames) > self.args.max_frames:
-                frames = frames[np.linspace(0, len(frames) - 1, self.args.max_frames).round().astype(int)]
+            if len(frames) > self.args.video_frames:
+                frames = frames[np.linspace(0, len(frames) - 1, self.args.video_frames).round().astype(int)]
             item["frames"] = torch.from_numpy(np.array(frames))
         return item
 
@@ -341,6 +341,7 @@ def predict_files(args):
         raise InputError("--predict needs --ckpt RUN/model.pt")
     state = load_checkpoint(args.ckpt)
     settings = {**state["args"], "video_weights": None}  # the checkpoint already holds the trained trunk
+    settings.setdefault("video_frames", settings.get("max_frames"))  # a checkpoint saved before --max-frames was renamed
     model = build_model(settings, len(state["class_names"]))
     model.load_state_dict(state["model"])
     model.eval()
@@ -353,7 +354,7 @@ def predict_files(args):
             item.update(audio=F.pad(wave, (0, max(0, MIN_AUDIO_SAMPLES - len(wave))))[None], audio_lengths=torch.tensor([len(wave)]))
         if "v" in settings["modalities"]:
             frames = read_frames(path, fps=settings["video_fps"], size=settings["frame_size"], center_crop=True)[1]
-            frames = frames[np.linspace(0, len(frames) - 1, min(len(frames), settings["max_frames"])).round().astype(int)]
+            frames = frames[np.linspace(0, len(frames) - 1, min(len(frames), settings["video_frames"])).round().astype(int)]
             item.update(frames=torch.from_numpy(frames)[None], frame_lengths=torch.tensor([len(frames)]))
         with torch.no_grad():
             probabilities = model(item).softmax(-1)[0].tolist()

@@ -5,13 +5,13 @@ Processed data (SPEC 5) from the raw releases, or a tiny synthetic tree (raw + p
     python -m preprocess.mosei CMU-MOSEI/Raw data/mosei
     python -m preprocess.fixtures iemocap data/demo/iemocap              # raw/ and processed/
 Train (the published recipe, GPU), leave-one-session-out, text only offline, a hand-crafted baseline:
-    python train_fv2es.py -lr 4.5e-6 -mod tav --datapath data/iemocap --text-model weights/all-MiniLM-L6-v2
-    python train_fv2es.py -lr=4.5e-6 -mod tav --datapath data/iemocap --protocol loso --test-session 5 --text-model DIR
-    python train_fv2es.py -lr 1e-4 -mod t --datapath data/mosei --dataset mosei --text-model weights/all-MiniLM-L6-v2
-    python train_fv2es.py -lr 1e-3 -mo lf_rnn --hand-crafted -mod tav --datapath data/iemocap -bi
+    python train_fv2es.py -lr 4.5e-6 -mod tav --data data/iemocap --text-model weights/all-MiniLM-L6-v2
+    python train_fv2es.py -lr=4.5e-6 -mod tav --data data/iemocap --protocol loso --test-session 5 --text-model DIR
+    python train_fv2es.py -lr 1e-4 -mod t --data data/mosei --dataset mosei --text-model weights/all-MiniLM-L6-v2
+    python train_fv2es.py -lr 1e-3 -mo lf_rnn --hand-crafted -mod tav --data data/iemocap -bi
 Several processes or GPUs (DDP; --batch-size is split over the processes), resume after a crash:
-    torchrun --nproc_per_node=2 train_fv2es.py -lr 4.5e-6 -mod tav --datapath data/iemocap --text-model DIR --out runs/fv2es/ddp
-    python train_fv2es.py -lr 4.5e-6 -mod tav --datapath data/iemocap --text-model DIR --out runs/fv2es/ddp --resume
+    torchrun --nproc_per_node=2 train_fv2es.py -lr 4.5e-6 -mod tav --data data/iemocap --text-model DIR --out runs/fv2es/ddp
+    python train_fv2es.py -lr 4.5e-6 -mod tav --data data/iemocap --text-model DIR --out runs/fv2es/ddp --resume
 Evaluate a checkpoint (no other flag needed), predict on any video:
     python train_fv2es.py --test --ckpt runs/fv2es/001/model.pt
     python train_fv2es.py --predict talk.mp4 [--transcript talk.txt] --ckpt runs/fv2es/001/model.pt --out runs/fv2es/talk
@@ -62,7 +62,7 @@ MODULES_OF["v"] += ("visual.", "visual_temporal.")
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("Data")
-    data.add_argument("--datapath", help="folder holding <DATASET>_RAW_PROCESSED, <DATASET>_SPLIT (and <DATASET>_HCF_FEATURES)")
+    data.add_argument("--data", "--datapath", help="folder holding <DATASET>_RAW_PROCESSED, <DATASET>_SPLIT (and <DATASET>_HCF_FEATURES)")
     data.add_argument("--dataset", default="iemocap", choices=["iemocap", "mosei"], help="(default %(default)s)")
     data.add_argument("-mod", "--modalities", default="tav", help="any subset of t(ext), a(udio), v(isual); t needs no frames or audio on disk (default %(default)s)")
     data.add_argument("--protocol", default="split", choices=["split", "loso"], help="ours: the split files, or IEMOCAP leave-one-session-out (valid = 10%% of the other dialogues) (default %(default)s)")
@@ -87,12 +87,12 @@ def build_parser():
     model.add_argument("--feature-dim", type=int, default=256, help="accepted for compatibility; unused by these models, as in the original's mme2e (default %(default)s)")
     model.add_argument("-st", "--sparse-threshold", type=float, default=0.9, help="accepted for compatibility; used only by the original's sparse model, not built here (default %(default)s)")
     model.add_argument("-dr", "--dropout", type=float, default=0.1, help="(default %(default)s)")
-    model.add_argument("-nl", "--num-layers", type=int, default=1, help="lf_rnn layers; lf_transformer uses --trans-nlayers (default %(default)s)")
-    model.add_argument("-hs", "--hidden-size", type=int, default=300, help="lf_rnn hidden units (default %(default)s)")
+    model.add_argument("--layers", "-nl", "--num-layers", type=int, default=1, help="lf_rnn layers; lf_transformer uses --trans-nlayers (default %(default)s)")
+    model.add_argument("--hidden", "-hs", "--hidden-size", type=int, default=300, help="lf_rnn hidden units (default %(default)s)")
     model.add_argument("-bi", "--bidirectional", action="store_true", help="lf_rnn: bidirectional")
     model.add_argument("--gru", action="store_true", help="lf_rnn: GRU instead of LSTM")
     train = parser.add_argument_group("Training")
-    train.add_argument("-lr", "--learning-rate", type=float, help="required for training (the published run: 4.5e-6)")
+    train.add_argument("--lr", "-lr", "--learning-rate", type=float, help="required for training (the published run: 4.5e-6)")
     train.add_argument("-bs", "--batch-size", type=int, default=2, help="(default %(default)s; the original required it)")
     train.add_argument("-wd", "--weight-decay", type=float, default=0.0, help="(default %(default)s)")
     train.add_argument("-ep", "--epochs", type=int, default=30, help="(default %(default)s)")
@@ -141,7 +141,7 @@ class Utterances(torch.utils.data.Dataset):
 
     def __init__(self, items, ids, args):
         self.items, self.ids, self.args, self.cropper = items, list(ids), args, None
-        self.hcf_dir = Path(args.datapath) / LAYOUT[args.dataset][2]
+        self.hcf_dir = Path(args.data) / LAYOUT[args.dataset][2]
 
     def __len__(self):
         return len(self.ids)
@@ -234,7 +234,7 @@ def build_model(args):
                      trans_nheads=args.trans_nheads, audio_size=args.audio_size, dropout=args.dropout, fusion=args.fusion,
                      text_model=text_model_name(args) if "t" in args.modalities else None)
     return HandCrafted(kind=args.model, modalities=args.modalities, input_dims=dict(zip("tav", args.hfc_sizes)), num_classes=args.num_emotions,
-                       hidden=args.hidden_size, num_layers=args.num_layers, bidirectional=args.bidirectional, gru=args.gru,
+                       hidden=args.hidden, num_layers=args.layers, bidirectional=args.bidirectional, gru=args.gru,
                        trans_dim=args.trans_dim, trans_nlayers=args.trans_nlayers, trans_nheads=args.trans_nheads, dropout=args.dropout,
                        fusion=args.fusion)
 
@@ -444,14 +444,14 @@ def write_emotion_report(path, title, rows, names, thresholds, thumbnails):
 # ---------------------------------------------------------------- main
 
 def data_splits(args):
-    items, splits, failures = read_processed(args.datapath, args.dataset)
+    items, splits, failures = read_processed(args.data, args.dataset)
     if args.protocol == "loso":
         if args.dataset != "iemocap":
             raise InputError("--protocol loso is for IEMOCAP (sessions); MOSEI uses its split files")
         splits = loso_splits(items, args.test_session, seed=args.seed)
     empty = [split for split, ids in splits.items() if not ids]
     if empty:
-        raise InputError(f"{args.datapath}: the {' and '.join(empty)} split is empty (train, valid and test are all needed)")
+        raise InputError(f"{args.data}: the {' and '.join(empty)} split is empty (train, valid and test are all needed)")
     if failures:
         print(f"{len(failures)} utterance(s) skipped (meta entries that do not parse, split ids without one); listed in failures.csv")
     return items, splits, failures
@@ -495,10 +495,10 @@ def check_args(args):
 
 
 def train(args, device):
-    if args.learning_rate is None:
+    if args.lr is None:
         raise InputError("training needs -lr (the published run used -lr 4.5e-6)")
-    if not args.datapath:
-        raise InputError("training needs --datapath DIR (python -m preprocess.iemocap RAW DIR writes it)")
+    if not args.data:
+        raise InputError("training needs --data DIR (python -m preprocess.iemocap RAW DIR writes it)")
     dist = setup_distributed(device)
     keep_freed_memory(device)
     items, splits, failures = data_splits(args)
@@ -517,9 +517,9 @@ def train(args, device):
     text_ids = {id(p) for p in model.text_parameters()}
     groups = [{"params": [p for p in model.parameters() if id(p) not in text_ids]}]
     if text_ids:
-        groups.append({"params": model.text_parameters(), "lr": args.learning_rate / args.text_lr_factor})
-    optimizer = (torch.optim.Adam(groups, lr=args.learning_rate, weight_decay=args.weight_decay) if args.optim == "adam"
-                 else torch.optim.SGD(groups, lr=args.learning_rate, momentum=0.9, weight_decay=args.weight_decay))
+        groups.append({"params": model.text_parameters(), "lr": args.lr / args.text_lr_factor})
+    optimizer = (torch.optim.Adam(groups, lr=args.lr, weight_decay=args.weight_decay) if args.optim == "adam"
+                 else torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2) if args.scheduler else None
     start_epoch, best_score, best_epoch = 0, -1.0, -1
     if args.resume and (run_dir / "last.pt").is_file():
@@ -608,8 +608,12 @@ def evaluate_checkpoint(cli, device):
     return metrics
 
 
-def merged_args(saved, cli, keep=("datapath", "device", "cuda", "cache", "batch_size", "workers", "mtcnn", "amp")):
-    args = argparse.Namespace(**saved)
+# a checkpoint's args under the names older versions of this script saved them
+RENAMED_ARGS = {"datapath": "data", "learning_rate": "lr", "hidden_size": "hidden", "num_layers": "layers"}
+
+
+def merged_args(saved, cli, keep=("data", "device", "cuda", "cache", "batch_size", "workers", "mtcnn", "amp")):
+    args = argparse.Namespace(**{RENAMED_ARGS.get(key, key): value for key, value in saved.items()})
     explicit = {k: v for k, v in vars(cli).items() if k in keep and v != build_parser().get_default(k)}
     for key, value in explicit.items():
         setattr(args, key, value)

@@ -2,21 +2,21 @@
 
 Text only, MiniLM sentence embeddings (`make weights` puts them in weights/all-MiniLM-L6-v2), no clips needed;
 frozen encoder (~5 min on one CPU thread), or fine-tuned for one epoch on train first (~8 min):
-    python train_meld.py --data ../shared/data/meld -mod t --text-encoder weights/all-MiniLM-L6-v2 --out runs/meld/text
-    python train_meld.py --data ../shared/data/meld -mod t --text-encoder weights/all-MiniLM-L6-v2 --text-finetune-epochs 1 --text-finetune-lr 1e-4 --epochs 10 --out runs/meld/text-ft
+    python train_meld.py --data ../shared/data/meld -mod t --text-model weights/all-MiniLM-L6-v2 --out runs/meld/text
+    python train_meld.py --data ../shared/data/meld -mod t --text-model weights/all-MiniLM-L6-v2 --text-finetune-epochs 1 --text-finetune-lr 1e-4 --epochs 10 --out runs/meld/text-ft
 Six fine-tuned runs (seeds 0-5, each with its own bf16 fine-tuning, in member_1..6/) scored by their mean
 probabilities (dev weighted-F1 0.604 in 15.7 min on 2 AVX512-BF16 cores, README):
-    python train_meld.py --data ../shared/data/meld -mod t --text-encoder weights/all-MiniLM-L6-v2 --text-finetune-epochs 2 --text-finetune-lr 1e-4 --epochs 10 --amp --seed 0 --ensemble 6
+    python train_meld.py --data ../shared/data/meld -mod t --text-model weights/all-MiniLM-L6-v2 --text-finetune-epochs 2 --text-finetune-lr 1e-4 --epochs 10 --amp --seed 0 --ensemble 6
 Text + audio + video with the released clips, wav2vec2 and ResNet-50 ImageNet weights from local folders:
-    python train_meld.py --data MELD.Raw/ -mod tav --text-encoder weights/all-MiniLM-L6-v2 --audio-model weights/wav2vec2-base-960h --video-weights weights/resnet50.pth
+    python train_meld.py --data MELD.Raw/ -mod tav --text-model weights/all-MiniLM-L6-v2 --audio-model weights/wav2vec2-base-960h --video-weights weights/resnet50.pth
 Per-utterance model (no dialogue context) with an SVM head fitted on the train features:
-    python train_meld.py --data DIR -mod ta --context none --svm --text-encoder weights/all-MiniLM-L6-v2
+    python train_meld.py --data DIR -mod ta --context none --svm --text-model weights/all-MiniLM-L6-v2
 A tiny synthetic tree in the real layout (clips included):
     python -m preprocess.fixtures meld data/demo/meld
 
 Several processes or GPUs (DDP; each global --batch-size batch of dialogues is split over the processes, the clip
 features are extracted in per-rank shards into the shared --cache first, rank 0 writes the run folder):
-    torchrun --nproc_per_node=2 train_meld.py --data DIR -mod tav --text-encoder weights/all-MiniLM-L6-v2
+    torchrun --nproc_per_node=2 train_meld.py --data DIR -mod tav --text-model weights/all-MiniLM-L6-v2
 
 Features are computed once by frozen encoders and cached in --cache (atomic .npy files): text = mean-pooled,
 L2-normalised sentence embedding (with --text-finetune-epochs, of an encoder first fine-tuned on the train
@@ -63,12 +63,12 @@ def build_parser():
     data.add_argument("--data", required=True, help="MELD folder: {train,dev}_sent_emo.csv (test_sent_emo.csv optional) and, for -mod a/v, the clip folders train_splits/, dev_splits_complete/, output_repeated_splits_test/")
     data.add_argument("--cache", default="cache/meld", help="folder for cached feature arrays, reused across runs (default %(default)s)")
     features = parser.add_argument_group("Features (frozen encoders, computed once)")
-    features.add_argument("--text-encoder", help="local folder of a transformers sentence encoder (needed for t), e.g. weights/all-MiniLM-L6-v2 from `make weights`")
+    features.add_argument("--text-model", help="local folder of a transformers sentence encoder (needed for t), e.g. weights/all-MiniLM-L6-v2 from `make weights`")
     features.add_argument("--text-finetune-epochs", type=int, default=0, help="first fine-tune the text encoder for N epochs on the train split (temporary linear head, class-weighted CE), then cache its embeddings; 0 = frozen (default %(default)s)")
     features.add_argument("--text-finetune-lr", type=float, default=5e-5, help="AdamW learning rate of that fine-tuning, linear decay (default %(default)s)")
     features.add_argument("--text-context", type=int, default=0, help="encode each utterance together with the previous N utterances of its dialogue (as 'Speaker: text' after [SEP]; "
                           "attention sees them, only the utterance's own tokens are pooled); 0 = the utterance alone (default %(default)s)")
-    features.add_argument("--text-max-length", type=int, default=128, help="tokens per utterance, longer ones are cut (default %(default)s)")
+    features.add_argument("--text-max-len", type=int, default=128, help="tokens per utterance, longer ones are cut (default %(default)s)")
     features.add_argument("--audio-model", help="local wav2vec2 folder (e.g. wav2vec2-base-960h); adds its 768-d mean to the 25 MFCC means + 5 prosody values")
     features.add_argument("--video-weights", help="torchvision ResNet-50 ImageNet state dict (.pth or folder with resnet50*.pth); a seeded random ResNet-50 without it")
     features.add_argument("--amp", action="store_true", help="bf16 autocast of the text fine-tuning's forward pass and of the encoders (text, wav2vec2, ResNet-50) while "
@@ -135,10 +135,10 @@ class TextFeatures:
     --text-finetune-epochs the encoder is first fine-tuned on the train split's texts and labels only."""
 
     def __init__(self, splits, args, device):
-        if not args.text_encoder:
-            raise InputError("-mod with t needs --text-encoder DIR (run `make weights` for weights/all-MiniLM-L6-v2)")
+        if not args.text_model:
+            raise InputError("-mod with t needs --text-model DIR (run `make weights` for weights/all-MiniLM-L6-v2)")
         self.train, self.args, self.device, self.encoder = splits["train"], args, device, None
-        self.settings = {"text_encoder": file_fingerprint(args.text_encoder), "max_length": args.text_max_length}
+        self.settings = {"text_encoder": file_fingerprint(args.text_model), "max_length": args.text_max_len}
         if args.text_context:
             self.settings["context"] = args.text_context
         if args.amp:
@@ -148,7 +148,7 @@ class TextFeatures:
                                          "class_weights": args.class_weights, "train_csv": file_fingerprint(Path(args.data) / SPLIT_CSV["train"])}
 
     def build_encoder(self):
-        encoder = SentenceEncoder(self.args.text_encoder, device=self.device, max_length=self.args.text_max_length)
+        encoder = SentenceEncoder(self.args.text_model, device=self.device, max_length=self.args.text_max_len)
         if self.args.text_finetune_epochs:
             labels = [EMOTIONS.index(u.emotion) for u in self.train]
             weights = torch.tensor(CLASS_WEIGHTS[self.args.class_weights](np.bincount(labels, minlength=len(EMOTIONS))), dtype=torch.float32)

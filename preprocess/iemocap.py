@@ -435,7 +435,7 @@ def _write_text(path, lines):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m preprocess.iemocap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("raw_dir", type=Path, help="the raw release: the folder holding Session1..Session5")
-    parser.add_argument("out_dir", type=Path, help="where the processed layout goes (train_fv2es.py --datapath)")
+    parser.add_argument("out_dir", type=Path, help="where the processed layout goes (train_fv2es.py --data)")
     parser.add_argument("--img-interval", type=int, default=500, help="ms between sampled frames (default %(default)s)")
     parser.add_argument("--image-size", type=int, default=224, help="side of the saved square images (default %(default)s)")
     parser.add_argument("--mtcnn", default="weights/mtcnn", help="folder with MTCNN pnet/rnet/onet.pt (`make weights`); without them faces are centre crops (default %(default)s)")
