@@ -104,7 +104,7 @@ meld: weights
 endif
 
 # make gnn [DATA=/path/to/KEMDy20]: encoders -> features -> graphs -> GNN, the SPEC recipe (val Sess29-32, test Sess33-40).
-# No DATA: the synthetic tree under data/demo/kemdy20 with tiny encoders and blocks (~20 s on an idle 2-core CPU).
+# No DATA: the synthetic tree under data/demo/kemdy20 with tiny encoders and blocks.
 .PHONY: gnn
 ifdef DATA
 gnn:
@@ -118,7 +118,7 @@ endif
 
 # make fv2es [DATA=DIR holding IEMOCAP_RAW_PROCESSED + IEMOCAP_SPLIT]: the published recipe (-lr 4.5e-6, -mod tav) with
 # MiniLM as the offline text encoder. No DATA: synthetic IEMOCAP and MOSEI trees (raw -> processed), tiny dims, 5 epochs,
-# --test from the checkpoint alone, then --predict on a synthetic MOSEI video (about two minutes on 2 CPU cores).
+# --test from the checkpoint alone, then --predict on a synthetic MOSEI video.
 .PHONY: fv2es
 ifdef DATA
 fv2es: weights

@@ -48,7 +48,7 @@ def add_logistics_args(parser, *, default_seed=0):
     group = parser.add_argument_group("Logistics")
     group.add_argument("--seed", type=int, default=default_seed, help="random seed for torch, numpy and random (default %(default)s)")
     group.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default %(default)s)")
-    group.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    group.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors (default: off)")
     return group
 
 

@@ -24,8 +24,8 @@ features.npz, graphs.npz, gnn.pt + gnn_last.pt, test_predictions.npz, metrics.js
 "utterance"}, "gnn_parameters", ...}. Caches (nodes, features, graphs) are reused while their inputs and
 settings match (nodes.npz is keyed by the --data path and flags: delete it after changing the data). A node's
 time is its E4 timestamp in ms, so "same instant" means equal timestamps. The test sessions are evaluated
-once, at the end of the gnn stage. Protocol fix: the seed validated on its own training graphs (its 90.47% is
-training accuracy; always-neutral scores mid-80s).
+once, at the end of the gnn stage. Validation uses sessions of their own (--val-sessions), never training
+graphs; --select macro_f1 by default because most KEMDy20 nodes are neutral.
 """
 import csv
 import hashlib
@@ -58,38 +58,36 @@ STAGES = ("encoders", "features", "graphs", "gnn")
 def build_parser():
     parser = argument_parser(__doc__)
     data = parser.add_argument_group("Data")
-    data.add_argument("--data", help="KEMDy20 folder (annotation/, wav/, EDA/, TEMP/); needed to build nodes.npz, not afterwards")
-    data.add_argument("--drop-neutral-ties", action="store_true", help="for ';'-joined tied labels take the first that is not neutral (default: the first)")
+    data.add_argument("--data", help="KEMDy20 folder (annotation/, wav/, EDA/, TEMP/), needed to build nodes.npz (default: none)")
+    data.add_argument("--drop-neutral-ties", action="store_true", help="of ';'-joined tied labels take the first that is not neutral (default: off, the first)")
     split = parser.add_argument_group("Splits (by session; encoders and GNN share them)")
-    split.add_argument("--val-sessions", default="29-32", help="sessions (1,2,5-7) for validation / checkpoint selection (default %(default)s)")
-    split.add_argument("--test-sessions", default="33-40", help="sessions held out for the single final test (default %(default)s); the rest train")
+    split.add_argument("--val-sessions", default="29-32", help="sessions (1,2,5-7) that pick the checkpoints (default %(default)s)")
+    split.add_argument("--test-sessions", default="33-40", help="sessions held out for the single final test (default %(default)s)")
     stage = parser.add_argument_group("Stages")
-    stage.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="encoders: train the node encoders; features: export 3x512 node "
-                       "features; graphs: build the session graphs; gnn: train and test the GNN; all: the four in order (default %(default)s)")
+    stage.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="the stage to run, or all four in order (default %(default)s)")
     encoders = parser.add_argument_group("Encoders (1-D ResNet-18 on EDA and TEMP, 2-D on 13 MFCC; four heads, sum of four CEs)")
-    encoders.add_argument("--encoder-width", type=int, default=64, help="first ResNet stage width; features are 8x this (default %(default)s -> 512)")
+    encoders.add_argument("--encoder-width", type=int, default=64, help="first ResNet stage width; features are 8x this (default %(default)s)")
     encoders.add_argument("--encoder-epochs", type=int, default=100, help="training epochs of the encoders (default %(default)s)")
     encoders.add_argument("--encoder-batch-size", type=int, default=128, help="global batch of nodes (default %(default)s)")
     encoders.add_argument("--encoder-lr", type=float, default=3e-4, help="Adam learning rate (default %(default)s)")
-    encoders.add_argument("--encoder-step", type=int, default=40, help="StepLR: multiply the rate by 0.1 every N epochs (default %(default)s)")
+    encoders.add_argument("--encoder-step", type=int, default=40, help="StepLR: the rate times 0.1 every N epochs (default %(default)s)")
     graphs = parser.add_argument_group("Graphs (SPELL: per session, sorted by time)")
-    graphs.add_argument("--block-size", type=int, default=2000, help="nodes per graph: each session's nodes are cut into blocks of this many (default %(default)s)")
-    graphs.add_argument("--time-edge", type=float, default=7.2, help="same-speaker nodes at most this many seconds apart are joined (default %(default)s)")
+    graphs.add_argument("--block-size", type=int, default=2000, help="nodes per graph, each session cut into blocks (default %(default)s)")
+    graphs.add_argument("--time-edge", type=float, default=7.2, help="seconds within which same-speaker nodes are joined (default %(default)s)")
     gnn = parser.add_argument_group("GNN (3 branches: EdgeConv -> shared SAGE -> SAGE; logits summed)")
     gnn.add_argument("--gnn-hidden", type=int, default=64, help="input projection and EdgeConv width (default %(default)s)")
     gnn.add_argument("--gnn-mid", type=int, default=16, help="width of the shared SAGE layer (default %(default)s)")
     gnn.add_argument("--dropout", type=float, default=0.2, help="dropout after the EdgeConv and the shared SAGE layer (default %(default)s)")
-    gnn.add_argument("--gnn-epochs", type=int, default=100, help="training epochs of the GNN, also the cosine schedule's T_max (default %(default)s)")
+    gnn.add_argument("--gnn-epochs", type=int, default=100, help="training epochs of the GNN, also the cosine schedule's length (default %(default)s)")
     gnn.add_argument("--gnn-batch-size", type=int, default=16, help="graphs (blocks) per global batch (default %(default)s)")
     gnn.add_argument("--gnn-lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)")
     train = parser.add_argument_group("Training")
-    train.add_argument("--select", default="macro_f1", choices=["macro_f1", "accuracy"], help="validation metric that picks each "
-                       "stage's checkpoint; macro-F1 because ~85%% of KEMDy20 is neutral (default %(default)s)")
+    train.add_argument("--select", default="macro_f1", choices=["macro_f1", "accuracy"], help="validation metric that picks each stage's checkpoint (default %(default)s)")
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for the encoders (default %(default)s)")
-    train.add_argument("--amp", action="store_true", help="bf16 autocast of the encoders' training forward pass (for CUDA; runs on the CPU too, slower)")
+    train.add_argument("--amp", action="store_true", help="bf16 autocast of the encoders' training forward pass (default: off)")
     run = parser.add_argument_group("Run")
-    run.add_argument("--out", help="run folder shared by all stages: give the same one to each --stage (default: a new runs/gnn/NNN)")
-    run.add_argument("--resume", action="store_true", help="continue an interrupted training stage from its *_last.pt; skip finished ones")
+    run.add_argument("--out", help="run folder shared by all stages (default: a new runs/gnn/NNN)")
+    run.add_argument("--resume", action="store_true", help="continue a training stage from its *_last.pt, skip finished ones (default: off)")
     add_logistics_args(parser)
     return parser
 

@@ -71,7 +71,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(UNITS), help="these scripts only (default: all five)")
     parser.add_argument("--extra-epochs", type=int, default=4, help="epochs the second run adds (default %(default)s)")
-    parser.add_argument("--device", default="cpu", help="(default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="the scripts' --device (default %(default)s)")
     args = parser.parse_args()
     work = Path(tempfile.gettempdir()) / "bench_throughput"
     jobs = scripts(work, args.device)

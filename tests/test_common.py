@@ -221,3 +221,21 @@ def test_resume_refuses_another_schedule_length(tmp_path):
     onecycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=7)  # its own length is checked by default
     with pytest.raises(InputError, match="--resume needs"):
         common.resume_training_state(tmp_path / "last.pt", model=model, optimizer=optimizer, scheduler=onecycle)
+
+
+@pytest.mark.parametrize("script", ["train_av", "train_highlight", "train_meld", "train_gnn", "train_fv2es"])
+def test_every_flag_is_one_short_phrase_with_its_default_and_no_record(script):
+    """-h: each flag one short phrase that gives its default; no scores or machines in help strings or the docstring."""
+    import importlib
+    import re
+    module = importlib.import_module(script)
+    parser = module.build_parser()
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert action.help, action.option_strings
+        text = action.help % {"default": action.default} if "%(default)" in action.help else action.help
+        assert len(text) <= 100 and ("default" in text or "(required)" in text), (action.option_strings, text)
+    record = re.compile(r"\b0\.\d{3}\b|\bAVX|\bEPYC\b|\bcores?\b|\d\s*min\b|\d(\.\d+)?x faster")
+    for text in [module.__doc__, *(a.help or "" for a in parser._actions)]:
+        assert not record.search(text), record.search(text).group()
