@@ -95,6 +95,7 @@ def train_probes(args):
     speakers (RAVDESS actors, KEMDy20 sessions): the last --probe-val-actors groups."""
     if not args.probe_data:
         raise InputError("--train-probes needs --probe-data RAVDESS_OR_KEMDY20_DIR")
+    seed_everything(args.seed)
     class_names, utterances = probe_utterances(args.probe_data)
     groups = sorted({group for *_, group in utterances})
     if len(groups) <= args.probe_val_actors:
