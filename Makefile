@@ -148,17 +148,17 @@ weights/all-mpnet-base-v2/config.json:
 # make meld [DATA=/path/to/MELD]: text only on the CSVs, MiniLM fine-tuned 1 epoch on train (no DATA: a synthetic demo tree with clips, -mod tav)
 ifdef DATA
 meld: weights
-	$(PYTHON) train_meld.py --data $(DATA) -mod t --text-encoder weights/all-MiniLM-L6-v2 --text-finetune-epochs 1 \
+	$(PYTHON) train_meld.py --data $(DATA) -mod t --text-model weights/all-MiniLM-L6-v2 --text-finetune-epochs 1 \
 		--text-finetune-lr 1e-4 --epochs 10 --device $(DEVICE) --out runs/meld/latest
 else
 meld: weights
 	$(PYTHON) -m preprocess.fixtures meld data/demo/meld
-	$(PYTHON) train_meld.py --data data/demo/meld -mod tav --text-encoder weights/all-MiniLM-L6-v2 --frame-size 64 \
+	$(PYTHON) train_meld.py --data data/demo/meld -mod tav --text-model weights/all-MiniLM-L6-v2 --frame-size 64 \
 		--epochs 10 --device $(DEVICE) --out runs/meld/demo
 endif
 
 # make gnn [DATA=/path/to/KEMDy20]: encoders -> features -> graphs -> GNN, the SPEC recipe (val Sess29-32, test Sess33-40).
-# No DATA: the synthetic tree under data/demo/kemdy20 with tiny encoders and blocks (~20 s on an idle 2-core CPU).
+# No DATA: the synthetic tree under data/demo/kemdy20 with tiny encoders and blocks.
 .PHONY: gnn
 ifdef DATA
 gnn:
@@ -172,17 +172,17 @@ endif
 
 # make fv2es [DATA=DIR holding IEMOCAP_RAW_PROCESSED + IEMOCAP_SPLIT]: the published recipe (-lr 4.5e-6, -mod tav) with
 # MiniLM as the offline text encoder. No DATA: synthetic IEMOCAP and MOSEI trees (raw -> processed), tiny dims, 5 epochs,
-# --test from the checkpoint alone, then --predict on a synthetic MOSEI video (about two minutes on 2 CPU cores).
+# --test from the checkpoint alone, then --predict on a synthetic MOSEI video.
 .PHONY: fv2es
 ifdef DATA
 fv2es: weights
-	$(PYTHON) train_fv2es.py -lr 4.5e-6 -mod tav --datapath $(DATA) --text-model weights/all-MiniLM-L6-v2 --device $(DEVICE) \
+	$(PYTHON) train_fv2es.py -lr 4.5e-6 -mod tav --data $(DATA) --text-model weights/all-MiniLM-L6-v2 --device $(DEVICE) \
 		--out runs/fv2es/latest
 else
 fv2es: weights
 	$(PYTHON) -m preprocess.fixtures iemocap data/demo/iemocap
 	$(PYTHON) -m preprocess.fixtures mosei data/demo/mosei
-	$(PYTHON) train_fv2es.py -lr 1e-3 -mod tav --datapath data/demo/iemocap/processed --text-model weights/all-MiniLM-L6-v2 \
+	$(PYTHON) train_fv2es.py -lr 1e-3 -mod tav --data data/demo/iemocap/processed --text-model weights/all-MiniLM-L6-v2 \
 		--audio-size tiny --trans-dim 32 --trans-nlayers 1 -ep 5 -bs 6 --device $(DEVICE) --out runs/fv2es/demo
 	$(PYTHON) train_fv2es.py --test --ckpt runs/fv2es/demo/model.pt
 	$(PYTHON) train_fv2es.py --predict data/demo/mosei/raw/Videos/vid000a.mp4 --window 2 --ckpt runs/fv2es/demo/model.pt \

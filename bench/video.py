@@ -91,7 +91,7 @@ def best_seconds(functions, path, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--video", type=Path, help="video to time (default: the generated 60-s 720p30 clip)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each, the best counts (default %(default)s)")
     args = parser.parse_args()
 
     video = args.video

@@ -24,7 +24,6 @@ utterance gets the grid times in [start, end), or the first one at or after star
 neu, sad are kept. Speaker side: L when the session's gender letter (Ses01F) equals the speaker's (_F000).
 """
 import argparse
-import csv
 import json
 import math
 import pickle
@@ -38,7 +37,7 @@ import soundfile
 import torch
 import torchaudio
 
-from common import InputError, atomic_write, progress, write_json
+from common import InputError, atomic_write, progress, write_failures, write_json
 from preprocess.features import log_mel, mfcc
 from preprocess.media import iter_frames, load_audio
 from preprocess.mtcnn import FaceCropper
@@ -161,10 +160,6 @@ def write_split(split_dir, items_by_group, *, seed, fractions=(0.8, 0.1, 0.1)):
         ids = sorted(item for group in chosen for item in items_by_group[group])
         atomic_write(Path(split_dir) / f"{split}_split.txt", lambda f, ids=ids: f.write("".join(f"{i}\n" for i in ids)), binary=False)
     return parts
-
-
-def write_failures(out_dir, failures):
-    atomic_write(Path(out_dir) / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
 
 
 # ---------------------------------------------------------------- raw IEMOCAP -> processed
@@ -440,7 +435,7 @@ def _write_text(path, lines):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m preprocess.iemocap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("raw_dir", type=Path, help="the raw release: the folder holding Session1..Session5")
-    parser.add_argument("out_dir", type=Path, help="where the processed layout goes (train_fv2es.py --datapath)")
+    parser.add_argument("out_dir", type=Path, help="where the processed layout goes (train_fv2es.py --data)")
     parser.add_argument("--img-interval", type=int, default=500, help="ms between sampled frames (default %(default)s)")
     parser.add_argument("--image-size", type=int, default=224, help="side of the saved square images (default %(default)s)")
     parser.add_argument("--mtcnn", default="weights/mtcnn", help="folder with MTCNN pnet/rnet/onet.pt (`make weights`); without them faces are centre crops (default %(default)s)")

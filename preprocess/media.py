@@ -216,9 +216,8 @@ def _output_geometry(width, height, size, center_crop):
     return resize_width, resize_height, None
 
 
-# h264 frame threading (thread_type AUTO) pays off on many cores; on this project's 2-core machines PyAV's default
-# (slice threading, one thread for single-slice h264) decoded a 2-min 720p clip faster (6.7-7.6 s against 8.9-10.4 s)
-# and gains far more from skipped frames (5.0 s against 8.3 s with skip_frame NONREF); BENCHMARKS.md
+# h264 frame threading (thread_type AUTO) pays off on many cores; on few cores PyAV's default (slice threading, one
+# thread for single-slice h264) decodes faster and gains far more from skipped frames (bench/video.py measures both)
 FRAME_THREADS_MIN_CORES = 4
 
 

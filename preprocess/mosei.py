@@ -153,7 +153,7 @@ def make_mosei(out_dir, *, seed=0, videos=8, clips_per_video=3, clip_s=1.2, gap_
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m preprocess.mosei", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("raw_dir", type=Path, help="the raw release: videos, segmented transcripts, label CSVs")
-    parser.add_argument("out_dir", type=Path, help="where the processed layout goes (train_fv2es.py --datapath)")
+    parser.add_argument("out_dir", type=Path, help="where the processed layout goes (train_fv2es.py --data)")
     parser.add_argument("--img-interval", type=int, default=500, help="ms between sampled frames (default %(default)s)")
     parser.add_argument("--image-size", type=int, default=224, help="side of the saved square images (default %(default)s)")
     parser.add_argument("--mtcnn", default="weights/mtcnn", help="folder with MTCNN pnet/rnet/onet.pt; centre crops without them (default %(default)s)")

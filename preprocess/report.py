@@ -49,7 +49,7 @@ def write_scores_csv(path, scores):
     atomic_write(path, lambda f: f.write("second,score\n" + "".join(f"{i},{s:.6f}\n" for i, s in enumerate(scores))), binary=False)
 
 
-# the reel is a preview: superfast encodes 720p about 2x faster than veryfast (BENCHMARKS.md), at a bigger file
+# the reel is a preview: superfast encodes faster than veryfast, at a bigger file
 REEL_PRESET = "superfast"
 # audio codecs an mp4 holds as they are: the reel copies their packets instead of decoding and re-encoding them
 MP4_AUDIO_AS_IS = {"aac", "mp3", "ac3", "eac3"}

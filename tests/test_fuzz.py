@@ -68,7 +68,7 @@ def _make_av_checkpoints(workdir):
     import train_av
     from common import save_checkpoint
     for modalities in ("a", "v"):
-        args = vars(train_av.build_parser().parse_args(["--data", "x", "-mod", modalities, "--frame-size", "16", "--max-frames", "2"]))
+        args = vars(train_av.build_parser().parse_args(["--data", "x", "-mod", modalities, "--frame-size", "16", "--video-frames", "2"]))
         torch.manual_seed(0)
         save_checkpoint(Path(workdir) / f"av_{modalities}.pt", {"model": train_av.build_model(args, 8).state_dict(), "args": args,
                                                                  "class_names": list(train_av.EMOTIONS)})

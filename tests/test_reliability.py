@@ -148,7 +148,7 @@ def av_checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("av_ckpt")
     paths = {}
     for modalities in ("a", "v"):
-        args = vars(train_av.build_parser().parse_args(["--data", "x", "-mod", modalities, "--frame-size", "32", "--max-frames", "4"]))
+        args = vars(train_av.build_parser().parse_args(["--data", "x", "-mod", modalities, "--frame-size", "32", "--video-frames", "4"]))
         torch.manual_seed(0)
         model = train_av.build_model(args, 8)
         paths[modalities] = save_checkpoint(folder / f"{modalities}.pt", {"model": model.state_dict(), "args": args,
@@ -442,7 +442,7 @@ def test_processed_fv2es_meta_that_does_not_parse_is_one_line(tmp_path, capsys):
              '{"Ses01F_impro01_F000": {"label": "bored"}}': "label 'bored' is none of"}
     for text, problem in cases.items():
         (meta_dir / "meta.json").write_text(text)
-        code, lines = one_line_error(capsys, train_fv2es.main, ["-lr", "1e-3", "--datapath", str(tmp_path), "--out", str(tmp_path / "run"),
+        code, lines = one_line_error(capsys, train_fv2es.main, ["-lr", "1e-3", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
                                                                 "-mod", "a", "--device", "cpu"])
         assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {meta_dir}") and problem in lines[0], (text, lines)
 
@@ -524,13 +524,13 @@ def test_fv2es_corrupt_face_cache_is_recropped_and_corrupt_features_are_one_line
     np.save(folder / "faces_L.npy", np.zeros((2, 48, 48, 3), np.uint8))
     (folder / "faces_L.npy").write_bytes((folder / "faces_L.npy").read_bytes()[:200])  # cut short
     args = train_fv2es.build_parser().parse_args(["-lr", "1", "-mod", "v", "--cache", str(tmp_path / "cache"), "--mtcnn", str(tmp_path / "none"),
-                                                  "--datapath", str(tmp_path)])
+                                                  "--data", str(tmp_path)])
     item = Item("Ses01F_impro01_F000", folder, "", np.eye(6, dtype=np.float32)[0], "L", "Ses01F_impro01", 1)
     dataset = train_fv2es.Utterances({item.id: item}, [item.id], args)
     faces = dataset.faces(item)
     assert faces.shape == (2, 48, 48, 3) and faces.mean() > 50  # re-cropped from the jpgs (the cut file held zeros)
     args.model, args.modalities = "lf_rnn", "a"
-    hcf = Path(args.datapath) / train_fv2es.LAYOUT[args.dataset][2] / f"{item.id}.npz"
+    hcf = Path(args.data) / train_fv2es.LAYOUT[args.dataset][2] / f"{item.id}.npz"
     hcf.parent.mkdir(parents=True)
     hcf.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(InputError, match="unreadable hand-crafted features"):
@@ -585,7 +585,7 @@ def test_highlight_video_whose_labels_claim_another_length_is_skipped(tmp_path):
     metrics = train_highlight.main(["--data", str(data), "-mod", "a", "--hidden", "8", "--epochs", "1", "--cache", str(tmp_path / "cache"),
                                     "--out", str(out), "--device", "cpu"])
     with open(out / "failures.csv", newline="", encoding="utf-8") as file:
-        problems = {Path(row["file"]).stem: row["problem"] for row in csv.DictReader(file)}
+        problems = {Path(row["item"]).stem: row["problem"] for row in csv.DictReader(file)}
     stem = label.stem.rsplit("_", 1)[0]
     assert "s of media but its label files say 400 s" in problems[stem], problems
     split = json.loads((out / "split.json").read_text(encoding="utf-8"))

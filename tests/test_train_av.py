@@ -20,7 +20,7 @@ from preprocess.fixtures import make_ravdess
 from processes import kill_after_first_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--epochs", "2", "--batch-size", "8", "--frame-size", "32", "--video-fps", "5", "--max-frames", "4",
+FAST = ["--epochs", "2", "--batch-size", "8", "--frame-size", "32", "--video-fps", "5", "--video-frames", "4",
         "--test-actors", "6", "--val-actors", "5"]
 
 
@@ -50,6 +50,10 @@ def test_every_modality_trains_and_predicts(ravdess, tmp_path, modalities):
     [prediction] = train_av.main(["--predict", str(clip), "--ckpt", str(out / "model.pt")])
     assert prediction["prediction"] in train_av.EMOTIONS
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    state = torch.load(out / "model.pt", weights_only=True)  # a checkpoint saved while --video-frames was --max-frames
+    state["args"]["max_frames"] = state["args"].pop("video_frames")
+    torch.save(state, tmp_path / "old.pt")
+    assert train_av.main(["--predict", str(clip), "--ckpt", str(tmp_path / "old.pt")]) == [prediction]
 
 
 @pytest.mark.parametrize("modalities", ["a", "v"])

@@ -47,7 +47,7 @@ def cache(tmp_path_factory):
 
 
 def run(meld, text_encoder, cache, out, *extra):
-    return train_meld.main(["--data", str(meld), "--text-encoder", str(text_encoder), "--cache", str(cache),
+    return train_meld.main(["--data", str(meld), "--text-model", str(text_encoder), "--cache", str(cache),
                             "--out", str(out), *SMALL, *extra])
 
 
@@ -152,7 +152,7 @@ def test_bad_input_is_one_clear_line(tmp_path, meld, capsys):
         run_main(lambda: train_meld.main(argv))
     stderr = capsys.readouterr().err
     assert exit_info.value.code == 2 and stderr.strip().count("\n") == 0
-    assert stderr.startswith("error: ") and "--text-encoder" in stderr
+    assert stderr.startswith("error: ") and "--text-model" in stderr
     with pytest.raises(train_meld.InputError, match="train_sent_emo.csv: not found"):
         train_meld.main(["--data", str(tmp_path), "--out", str(tmp_path / "run")])
 
@@ -229,7 +229,7 @@ def test_context_is_seen_but_only_the_utterance_is_pooled(text_encoder):
 
 def test_text_context_holds_only_earlier_utterances_of_the_same_dialogue(meld):
     utterances = read_split(meld, "train")
-    args = train_meld.build_parser().parse_args(["--data", str(meld), "--text-encoder", "unused", "--text-context", "2"])
+    args = train_meld.build_parser().parse_args(["--data", str(meld), "--text-model", "unused", "--text-context", "2"])
     features = train_meld.TextFeatures({"train": utterances}, args, "cpu")
     by_key = dict(zip((u.key for u in utterances), features.contexts(utterances)))
     for utterance in utterances:
