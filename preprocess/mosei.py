@@ -1,4 +1,4 @@
-"""CMU-MOSEI for FV2ES: raw release -> the processed layout train_fv2es.py reads, and `make_mosei`, a fixture.
+"""CMU-MOSEI for FV2ES: raw release -> the processed layout train_fv2es.py reads.
 
     python -m preprocess.mosei RAW_DIR OUT_DIR [--img-interval 500]
 
@@ -9,7 +9,7 @@ Raw, under RAW_DIR (any depth):
                                                      Input.CLIP, Answer.anger, Answer.disgust, Answer.fear,
                                                      Answer.happiness, Answer.sadness, Answer.surprise
 An emotion is present in a clip when its annotators' scores sum to more than 0 (6 presence labels, multi-label).
-Processed, under OUT_DIR (reader: preprocess.iemocap.read_processed):
+Processed, under OUT_DIR (written with preprocess.fv2es_layout; reader: preprocess.fv2es_reader):
     MOSEI_RAW_PROCESSED/meta.json    clip_id -> {text, label[6], start_time, end_time, video} (the released set: meta.pkl)
     MOSEI_RAW_PROCESSED/<video>_<clip>/audio.wav, image_{i}.jpg (224x224), faces.npy (ours: uint8 (N, 48, 48, 3))
     MOSEI_SPLIT/{train,valid,test}_split.txt     clip ids, grouped by video (80/10/10)
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from common import InputError, atomic_write, progress, write_json
-from preprocess.iemocap import (CUE_WORDS, FILLER, LAYOUT, MOSEI_EMOTIONS, frames_for_segments, load_channels, make_cropper,
-                                planted_picture, planted_segment, square_jpeg, write_failures, write_hcf, write_split, write_wave)
+from preprocess.fv2es_layout import (LAYOUT, frames_for_segments, load_channels, make_cropper, square_jpeg, write_failures, write_hcf,
+                                     write_split, write_wave)
 
+EMOTIONS = ("anger", "disgust", "fear", "happy", "sad", "surprise")  # the presence labels, in meta.json order
 ANSWER_COLUMNS = ("Answer.anger", "Answer.disgust", "Answer.fear", "Answer.happiness", "Answer.sadness", "Answer.surprise")
 
 
@@ -100,54 +101,6 @@ def preprocess(raw_dir, out_dir, *, img_interval=500, image_size=224, seed=0, cr
     write_split(out_dir / LAYOUT["mosei"][1], by_video, seed=seed)
     write_failures(out_dir, failures)
     return len(meta), failures
-
-
-def make_mosei(out_dir, *, seed=0, videos=8, clips_per_video=3, clip_s=1.2, gap_s=0.4, fps=10, height=64, width=64, img_interval=500):
-    """out_dir/raw (videos, transcripts, two annotators' label CSV) and out_dir/processed = preprocess(raw).
-    Clip k of video v carries emotion (v + k) % 6 (cue word, tone, hue square), sometimes a second one; the
-    other annotator gives 0. Defect: one label row has no transcript line. Returns the sorted files written."""
-    from preprocess.fixtures import solid_frame, write_video
-    out_dir, written, label_rows = Path(out_dir), [], []
-    raw = out_dir / "raw"
-    for video in range(videos):
-        rng = np.random.default_rng([seed, video])
-        video_id = f"vid{video:03d}{'abc'[video % 3]}"
-        lines, spans = [], []
-        for clip in range(clips_per_video):
-            start = 0.4 + clip * (clip_s + gap_s)
-            emotion = (video + clip) % 6
-            present = {emotion} | ({(emotion + 3) % 6} if rng.random() < 0.3 else set())
-            words = list(rng.choice(FILLER, size=3))
-            words.insert(int(rng.integers(0, 4)), CUE_WORDS["sad_m" if MOSEI_EMOTIONS[emotion] == "sad" else MOSEI_EMOTIONS[emotion]])
-            lines.append(f"{video_id}___{clip}___{start:.3f}___{start + clip_s:.3f}___{' '.join(words)}")
-            spans.append((start, start + clip_s, emotion))
-            for annotator in range(2):
-                scores = [int(annotator == 0 and e in present) * int(rng.integers(1, 4)) for e in range(6)]
-                label_rows.append([video_id, clip, *scores])
-        label_rows.append([video_id, clips_per_video, 1, 0, 0, 0, 0, 0])  # labelled clip without transcript
-        duration = 0.4 + clips_per_video * (clip_s + gap_s)
-        wave = rng.normal(0, 0.01, round(duration * 16000)).astype(np.float32)
-        frames = []
-        for start, end, emotion in spans:
-            segment = planted_segment(emotion, end - start, rng)
-            wave[round(start * 16000):round(start * 16000) + len(segment)] += segment
-        for frame_index in range(round(duration * fps)):
-            time = frame_index / fps
-            active = [e for s, end, e in spans if s <= time < end]
-            frames.append(planted_picture(active[0], height, width, rng) if active else solid_frame(height, width, (60, 60, 60), noise=8, rng=rng))
-        written.append(write_video(raw / "Videos" / f"{video_id}.mp4", frames, fps=fps, audio=wave, crf=26, audio_bit_rate=64000))
-        transcript = raw / "Transcript" / f"{video_id}.txt"
-        transcript.parent.mkdir(parents=True, exist_ok=True)
-        transcript.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        written.append(transcript)
-    label_csv = raw / "Labels" / "batch_results.csv"
-    label_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(label_csv, "w", newline="", encoding="utf-8") as file:
-        csv.writer(file).writerows([["Input.VIDEO_ID", "Input.CLIP", *ANSWER_COLUMNS], *label_rows])
-    written.append(label_csv)
-    preprocess(raw, out_dir / "processed", img_interval=img_interval, seed=seed, cropper=make_cropper(None))  # no faces: centre crops
-    written += [p for p in (out_dir / "processed").rglob("*") if p.is_file()]
-    return sorted(written)
 
 
 def main(argv=None):

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preprocess.fixtures import KINDS, RAVDESS_HUE_DEG, RAVDESS_TONE_HZ, hue_rgb, make_ravdess
+from preprocess.fixtures.__main__ import KINDS
+from preprocess.fixtures.ravdess import HUE_DEG, TONE_HZ, make_ravdess
+from preprocess.fixtures.writers import hue_rgb
 from preprocess.media import load_audio, probe, read_frames
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,12 +77,12 @@ def test_ravdess_planted_signal_tone_and_hue_follow_the_emotion(ravdess):
         audio = load_audio(wav).numpy()
         spectrum = np.abs(np.fft.rfft(audio))
         peak_hz = np.argmax(spectrum) * 16000 / len(audio)
-        assert peak_hz == pytest.approx(RAVDESS_TONE_HZ[emotion], rel=0.08)
+        assert peak_hz == pytest.approx(TONE_HZ[emotion], rel=0.08)
 
         clip = wav.with_name("01" + wav.name[2:-4] + ".mp4")
         _, frames = read_frames(clip, fps=1)
         centre = frames[0, 20:28, 28:36].reshape(-1, 3).mean(axis=0)  # inside the 24-px square
-        expected = np.array(hue_rgb(RAVDESS_HUE_DEG[emotion], saturation=0.5, value=0.9), float)
+        expected = np.array(hue_rgb(HUE_DEG[emotion], saturation=0.5, value=0.9), float)
         assert np.abs(centre - expected).max() < 40, (emotion, centre, expected)
 
 

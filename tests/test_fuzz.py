@@ -29,7 +29,7 @@ def _predict_av(path, workdir):
 
 
 def _meta_json(path, workdir):
-    from preprocess.iemocap import read_meta
+    from preprocess.fv2es_reader import read_meta
     folder = path.parent / "fuzzed case meta"
     folder.mkdir()
     path.replace(folder / "meta.json")
@@ -159,7 +159,7 @@ def worker(tmp_path_factory):
 def seeds(tmp_path_factory):
     """The valid files the mutations start from, each with the byte range its `hot` mutations aim at."""
     import json
-    from preprocess.fixtures import solid_frame, tone, write_video, write_wav
+    from preprocess.fixtures.writers import solid_frame, tone, write_video, write_wav
     folder = tmp_path_factory.mktemp("fuzz_seeds")
     height, width = MP4_STREAMS["frames"]
     frames = [solid_frame(height, width, (20 * k, 90, 160)) for k in range(MP4_STREAMS["n_frames"])]

@@ -13,7 +13,11 @@ from PIL import Image
 
 from common import InputError
 from preprocess import iemocap, mosei
-from preprocess.iemocap import EMOTIONS, grid_times, loso_splits, read_processed, speaker_side
+from preprocess.fixtures.iemocap import make_iemocap
+from preprocess.fixtures.mosei import make_mosei
+from preprocess.fv2es_layout import grid_times, make_cropper
+from preprocess.fv2es_reader import read_processed
+from preprocess.iemocap import EMOTIONS, loso_splits, speaker_side
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -21,14 +25,14 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def iemocap_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("iemocap")
-    iemocap.make_iemocap(root)
+    make_iemocap(root)
     return root
 
 
 @pytest.fixture(scope="module")
 def mosei_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("mosei")
-    mosei.make_mosei(root)
+    make_mosei(root)
     return root
 
 
@@ -141,5 +145,5 @@ def test_mosei_presence_labels_split_and_frames(mosei_tree):
 def test_centre_crop_fallback_is_the_true_centre():
     frame = np.zeros((60, 100, 3), np.uint8)
     frame[:, 20:80] = 200  # the central 60x60 square
-    crop, found = iemocap.make_cropper(None).crop(frame)
+    crop, found = make_cropper(None).crop(frame)
     assert crop.shape == (48, 48, 3) and not found and (crop == 200).all()

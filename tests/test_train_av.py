@@ -16,7 +16,7 @@ import train_av
 from common import InputError
 from models.av_emotion import AUDIO_ENCODERS, MelEncoder, standardise_log_mels
 from preprocess.features import log_mel
-from preprocess.fixtures import make_ravdess
+from preprocess.fixtures.ravdess import make_ravdess
 from processes import kill_after_first_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,7 +248,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'}: RAVDESS folder not found"]
     with pytest.raises(InputError, match="no audio stream"):
         clip = tmp_path / "silent.mp4"
-        from preprocess.fixtures import solid_frame, write_video
+        from preprocess.fixtures.writers import solid_frame, write_video
         write_video(clip, [solid_frame(32, 32, (10, 20, 30))] * 5, fps=5)
         train_av.main(["--predict", str(clip), "--ckpt", str(make_audio_checkpoint(tmp_path))])
 

@@ -17,8 +17,8 @@ import train_gnn
 from common import InputError
 from models.graph import EdgeConv, SAGEConv
 from models.kemdy20 import NodeEncoders, TemporalGNN, count_parameters
-from preprocess.kemdy20 import (EDA_STEP, EMOTIONS, TONE_HZ, build_nodes, parse_e4_time, parse_emotion, read_e4,
-                                scan_kemdy20)
+from preprocess.fixtures.kemdy20 import EDA_STEP, TONE_HZ
+from preprocess.kemdy20 import EMOTIONS, build_nodes, parse_e4_time, parse_emotion, read_e4, scan_kemdy20
 from preprocess.media import load_audio
 from preprocess.spell_graph import block_edges, brute_force_edges, build_graphs, edge_sets
 

@@ -18,8 +18,10 @@ import pytest
 
 import train_highlight
 from common import InputError
-from preprocess.aihub import chunk_bounds, make_aihub, scan_aihub
-from preprocess.fixtures import make_ravdess, solid_frame, write_video
+from preprocess.aihub import chunk_bounds, scan_aihub
+from preprocess.fixtures.aihub import make_aihub
+from preprocess.fixtures.ravdess import make_ravdess
+from preprocess.fixtures.writers import solid_frame, write_video
 from preprocess.media import iter_frames, load_audio, probe
 from preprocess.report import find_segments, write_reel
 
@@ -91,7 +93,7 @@ def test_probes_learn_the_planted_emotions(probes):
 
 def test_probes_train_on_the_kemdy20_layout(tmp_path):
     """annotation/SessNN_eval.csv (two header rows, ';' ties, 'disqust') + wav/SessionNN/<SegmentID>.wav."""
-    from preprocess.fixtures import tone, write_wav
+    from preprocess.fixtures.writers import tone, write_wav
     emotions = ["neutral", "happy", "surprise", "angry", "sad", "disqust", "fear"]
     for session in (1, 2, 3):
         rows = [["", "", "", "", "Total Evaluation", "", ""], ["Numb", "Wstart", "Wend", "Segment ID", "Emotion", "Valence", "Arousal"]]

@@ -13,7 +13,8 @@ from sklearn.metrics import f1_score
 import train_meld
 from common import run_main
 from models.meld_emotion import SentenceEncoder
-from preprocess.meld import EMOTIONS, FIXTURE_WORDS, frame_entropy, make_meld, parse_time, read_split, top_entropy_frames
+from preprocess.fixtures.meld import FIXTURE_WORDS, make_meld
+from preprocess.meld import EMOTIONS, frame_entropy, parse_time, read_split, top_entropy_frames
 
 SMALL = ["--hidden", "16", "--d-model", "32", "--heads", "4", "--frame-size", "32", "--video-fps", "5", "--video-frames", "3",
          "--batch-size", "4", "--device", "cpu"]
