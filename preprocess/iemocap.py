@@ -3,7 +3,7 @@ read by preprocess.fv2es_reader), and leave-one-session-out splits.
 
     python -m preprocess.iemocap RAW_DIR OUT_DIR [--img-interval 500] [--image-size 224]
 
-Raw (as released): RAW_DIR/Session{1..5}/dialog/
+Raw (as released; a Session folder may be a symbolic link): RAW_DIR/Session{1..5}/dialog/
     EmoEvaluation/<dialog>.txt       lines `[start - end]<TAB>utt_id<TAB>label<TAB>[V, A, D]`
     transcriptions/<dialog>.txt      lines `utt_id [start-end]: text`
     avi/DivX/<dialog>.avi            720x480, the two speakers side by side

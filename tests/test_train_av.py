@@ -76,6 +76,19 @@ def test_twins_share_a_trial_and_splits_are_actor_disjoint(ravdess, tmp_path):
     assert sum(len(k) for k in keys.values()) == 6 * 15
 
 
+def test_a_tree_of_linked_actor_folders_trains(ravdess, tmp_path):
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for actor in sorted(ravdess.glob("Actor_*")):
+        (linked / actor.name).symlink_to(actor, target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)  # a link loop ends
+    out, metrics = run(linked, tmp_path, "-mod", "a")
+    split = json.loads((out / "split.json").read_text())
+    assert metrics["test"]["n"] == 15 and metrics["test"]["groups"] == ["06"]
+    assert sum(len(split[part]["trials"]) for part in ("train", "val", "test")) == 6 * 15  # each trial once, though reachable twice
+    assert json.loads((out / "args.json").read_text())["args"]["data"] == str(linked)
+
+
 def test_folds_are_actor_disjoint_and_pooled(ravdess, tmp_path):
     out = tmp_path / "folds"
     metrics = train_av.main(["--data", str(ravdess), "--out", str(out), "--cache", str(tmp_path / "cache"),
