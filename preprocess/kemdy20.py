@@ -1,17 +1,22 @@
 """KEMDy20 layout -> utterances and 4-Hz nodes (one per in-utterance E4 sample).
 
-    DATA/annotation/SessNN_eval.csv        two header rows, the second names the columns: Numb, Wstart, Wend,
-                                           Segment ID, Emotion, Valence, Arousal (total evaluation), then 10
-                                           evaluators x (Emotion, Valence, Arousal); UTF-8 or cp949
-    DATA/wav/SessionNN/<SegmentID>.wav     and <SegmentID>.txt, the transcript in cp949
-    DATA/EDA/SessionNN/SessNN_scriptMM_UserXXXG.csv   Empatica E4 at 4 Hz: two header lines, then
-    DATA/TEMP/SessionNN/...                           value,YYYY-MMDD-HHMM-SS-mmm[,SegmentID]
+    DATA/annotation/SessNN_eval.csv        UTF-8 or cp949, two header rows as released:
+                                               Numb,WAV, ,Segment ID,Total Evaluation, , ,Eval01F, , ,Eval02M, , ,...
+                                                ,start,end, ,Emotion,Valence,Arousal,Emotion,Valence,Arousal,...
+                                           (the wav start/end in s sit under WAV, the total evaluation's Emotion,
+                                           Valence, Arousal under Total Evaluation, then 10 evaluators'); read by name
+    DATA/wav/SessionNN/<SegmentID>.wav     and <SegmentID>.txt, the transcript in cp949, with ETRI noise tags (b/, c/,
+                                           l/, n/, u/) in about half the utterances: kept in `text`, removed in
+                                           `clean_text`
+    DATA/EDA/SessionNN/SessNN_scriptMM_UserXXXG.csv   Empatica E4 at 4 Hz: two header lines, the start (unix s and
+    DATA/TEMP/SessionNN/...                           stamp) and the rate, e.g. `1597976852.000000,2020-0821-1127-32-000`
+                                                      and `4.000000,hz`; then value,YYYY-MMDD-HHMM-SS-mmm[,SegmentID]
                                                       (the third column only inside utterances)
 
 Segment ID = SessNN_scriptMM_UserXXXG_KKK. Emotions: neutral, happy, surprise, angry, sad, disqust (sic, read
 as disgust), fear, or ';'-joined ties: the first wins, or with drop_neutral_ties the first that is not
 neutral. Irregular names are tolerated where the meaning is clear (any case, any zero-padding of the
-session folder, files found at any depth, spaces around ids); anything else is skipped and reported as
+session folder, files found at any depth, folders that are symbolic links, spaces around ids); anything else is skipped and reported as
 (item, problem), which the scripts write to failures.csv. E4 time in ms = ((HH*60+MM)*60+SS)*1000+mmm (the
 date is ignored, as in the SPEC). EDA and TEMP are z-scored per subject (speaker) over all their samples.
 """
@@ -24,12 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from common import InputError
+from preprocess.tree import walk_files
 
 EMOTIONS = ("neutral", "happy", "surprise", "angry", "sad", "disgust", "fear")
 SPELLINGS = {"disqust": "disgust"}
 SEGMENT_PATTERN = re.compile(r"^Sess(\d+)_script(\d+)_(User\d+[FM])_(\d+)$", re.IGNORECASE)
 TIME_PATTERN = re.compile(r"^\d{4}-\d{4}-(\d\d)(\d\d)-(\d\d)-(\d{1,3})$")
-COLUMNS = ("Numb", "Wstart", "Wend", "Segment ID", "Emotion", "Valence", "Arousal")  # positions 0-6
+HEADER_NAMES = {"start": ("wav", "start"), "end": ("wav", "end"), "segment id": ("segment id", ""),  # field: (row 1, row 2)
+                "emotion": ("total evaluation", "emotion"), "valence": ("total evaluation", "valence"),
+                "arousal": ("total evaluation", "arousal")}
+RELEASED_COLUMN = {"start": 1, "end": 2, "segment id": 3, "emotion": 4, "valence": 5, "arousal": 6}
+NOISE_TAG = re.compile(r"(?<!\S)[bclnu]/")
 SAMPLE_HZ = 4
 WINDOW = 11          # E4 samples per node window (2.75 s)
 WINDOW_S = WINDOW / SAMPLE_HZ
@@ -41,13 +51,17 @@ class Utterance:
     session: int
     script: int
     speaker: str        # UserXXXG, the subject
-    start_s: float      # Wstart / Wend of the annotation
+    start_s: float      # WAV start / end of the annotation
     end_s: float
     emotion: int        # index into EMOTIONS
     valence: float
     arousal: float
     wav: Path
-    text: str
+    text: str           # the transcript as released, noise tags included
+
+    @property
+    def clean_text(self):
+        return clean_transcript(self.text)
 
     @property
     def stream(self):
@@ -83,6 +97,27 @@ def read_text(path):
     return raw.decode("cp949", errors="replace").strip()
 
 
+def clean_transcript(text):
+    """'c/ 어 그래? n/' -> '어 그래?': the ETRI noise tags (b/, c/, l/, n/, u/ at the start of a word) removed, spaces
+    collapsed."""
+    return " ".join(NOISE_TAG.sub(" ", text).split())
+
+
+def header_columns(title_row, name_row):
+    """({field: column}, [fields not found]) from the annotation's two header rows, by name: a second-row name
+    (start, Emotion) belongs to the first-row name above it or, under a blank, the nearest one to its left (WAV,
+    Total Evaluation); a first-row name with a blank under it (Segment ID) names its own column. Names compare
+    lower-case with spaces collapsed; the first column that fits wins."""
+    found, group = {}, ""
+    for index in range(max(len(title_row), len(name_row))):
+        title = " ".join(title_row[index].split()).lower() if index < len(title_row) else ""
+        name = " ".join(name_row[index].split()).lower() if index < len(name_row) else ""
+        group = title or group
+        found.setdefault((group, name), index)
+    columns = {field: found[key] for field, key in HEADER_NAMES.items() if key in found}
+    return columns, [field for field in HEADER_NAMES if field not in columns]
+
+
 def read_table(path):
     raw = Path(path).read_bytes()
     try:
@@ -93,9 +128,9 @@ def read_table(path):
 
 
 def index_files(folder, suffix):
-    """{lower-case stem: path} of every `suffix` file under folder, at any depth."""
+    """{lower-case stem: path} of every `suffix` file under folder, at any depth (linked folders followed)."""
     folder = Path(folder)
-    return {path.stem.strip().lower(): path for path in sorted(folder.rglob(f"*{suffix}"))} if folder.is_dir() else {}
+    return {path.stem.strip().lower(): path for path in walk_files(folder, {suffix})} if folder.is_dir() else {}
 
 
 def scan_kemdy20(root, *, drop_neutral_ties=False):
@@ -111,8 +146,11 @@ def scan_kemdy20(root, *, drop_neutral_ties=False):
         if len(rows) < 2:
             problems.append((str(table), "fewer than two header rows"))
             continue
-        header = [name.strip().lower() for name in rows[1]]
-        column = {name: header.index(name.lower()) if name.lower() in header else position for position, name in enumerate(COLUMNS)}
+        column, missing = header_columns(rows[0], rows[1])
+        if missing:
+            problems.append((str(table), f"header names no {', '.join(missing)}; read from the released column(s) "
+                                         f"{', '.join(str(RELEASED_COLUMN[field]) for field in missing)}"))
+            column.update({field: RELEASED_COLUMN[field] for field in missing})
         for line, row in enumerate(rows[2:], start=3):
             if not any(cell.strip() for cell in row):
                 continue
@@ -120,19 +158,19 @@ def scan_kemdy20(root, *, drop_neutral_ties=False):
             if len(row) <= max(column.values()):
                 problems.append((item, f"{len(row)} columns, expected at least {max(column.values()) + 1}"))
                 continue
-            segment_id = row[column["Segment ID"]].strip()
+            segment_id = row[column["segment id"]].strip()
             match = SEGMENT_PATTERN.match(segment_id)
             if not match:
                 problems.append((item, f"segment id {segment_id!r} is not SessNN_scriptMM_UserXXXG_KKK"))
                 continue
-            emotion = parse_emotion(row[column["Emotion"]], drop_neutral_ties=drop_neutral_ties)
+            emotion = parse_emotion(row[column["emotion"]], drop_neutral_ties=drop_neutral_ties)
             if emotion is None:
-                problems.append((segment_id, f"unknown emotion {row[column['Emotion']]!r}"))
+                problems.append((segment_id, f"unknown emotion {row[column['emotion']]!r}"))
                 continue
             try:
-                start, end, valence, arousal = (float(row[column[name]]) for name in ("Wstart", "Wend", "Valence", "Arousal"))
+                start, end, valence, arousal = (float(row[column[name]]) for name in ("start", "end", "valence", "arousal"))
             except ValueError:
-                problems.append((segment_id, "Wstart/Wend/Valence/Arousal not numbers"))
+                problems.append((segment_id, "WAV start/end, Valence or Arousal not a number"))
                 continue
             wav = wavs.get(segment_id.lower())
             if wav is None:
@@ -150,21 +188,34 @@ def scan_kemdy20(root, *, drop_neutral_ties=False):
 
 
 def read_e4(path):
-    """(values float64 (n,), times_ms int64 (n,), segment ids [str] ('' outside utterances), bad line count)."""
+    """(values float64 (n,), times_ms int64 (n,), segment ids [str] ('' outside utterances), bad line count) of one
+    E4 file. Its two header lines are the start (`1597976852.000000,2020-0821-1127-32-000`, never a sample) and the
+    rate (`4.000000,hz`; a bare `4.000000` is accepted); a second line that is no rate, or a rate other than 4 Hz,
+    is an InputError: the node windows count 4-Hz samples."""
     values, times, segments, bad = [], [], [], 0
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as file:
-        for row in list(csv.reader(file))[2:]:
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            time_ms = parse_e4_time(row[1]) if len(row) > 1 else None
-            try:
-                value = float(row[0])
-            except ValueError:
-                value = None
-            if time_ms is None or value is None or not math.isfinite(value):  # NaN/inf would poison the z-scores
-                bad += 1
-                continue
-            values.append(value), times.append(time_ms), segments.append(row[2].strip().lower() if len(row) > 2 else "")
+        rows = list(csv.reader(file))
+    rate_line = [cell.strip().lower() for cell in rows[1]] if len(rows) > 1 else []
+    try:
+        rate = float(rate_line[0]) if [cell for cell in rate_line[1:] if cell] in ([], ["hz"]) else None
+    except (IndexError, ValueError):
+        rate = None
+    if rate is None:
+        raise InputError(f"{path}: line 2 is {','.join(rate_line)[:40]!r}, not the E4 sample rate (e.g. `4.000000,hz`)")
+    if not math.isclose(rate, SAMPLE_HZ):
+        raise InputError(f"{path}: sampled at {rate:g} Hz (line 2); the nodes need {SAMPLE_HZ}-Hz E4 files")
+    for row in rows[2:]:
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        time_ms = parse_e4_time(row[1]) if len(row) > 1 else None
+        try:
+            value = float(row[0])
+        except ValueError:
+            value = None
+        if time_ms is None or value is None or not math.isfinite(value):  # NaN/inf would poison the z-scores
+            bad += 1
+            continue
+        values.append(value), times.append(time_ms), segments.append(row[2].strip().lower() if len(row) > 2 else "")
     return np.asarray(values, np.float64), np.asarray(times, np.int64), segments, bad
 
 
@@ -193,7 +244,11 @@ def build_nodes(root, utterances):
         if missing:
             problems.append((stream, f"no {'/'.join(missing)} file; its {len(segment_index)} utterances have no nodes"))
             continue
-        loaded = {signal: read_e4(files[signal][stream]) for signal in files}
+        try:
+            loaded = {signal: read_e4(files[signal][stream]) for signal in files}
+        except InputError as error:
+            problems.append((stream, f"{error}; its {len(segment_index)} utterances have no nodes"))
+            continue
         for signal, (values, _, _, bad) in loaded.items():
             if bad:
                 problems.append((str(files[signal][stream]), f"{bad} malformed line(s) skipped"))
@@ -241,6 +296,7 @@ def build_nodes(root, utterances):
 
 def utterance_table(utterances):
     """Rows for utterances.csv: the per-utterance emotion/arousal/valence table (what the highlight probes read)."""
-    yield ("segment_id", "session", "speaker", "emotion", "valence", "arousal", "start_s", "end_s", "wav", "text")
+    yield ("segment_id", "session", "speaker", "emotion", "valence", "arousal", "start_s", "end_s", "wav", "text", "clean_text")
     for u in utterances:
-        yield (u.segment_id, u.session, u.speaker, EMOTIONS[u.emotion], u.valence, u.arousal, u.start_s, u.end_s, str(u.wav), u.text)
+        yield (u.segment_id, u.session, u.speaker, EMOTIONS[u.emotion], u.valence, u.arousal, u.start_s, u.end_s, str(u.wav), u.text,
+               u.clean_text)

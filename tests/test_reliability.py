@@ -471,7 +471,7 @@ def test_fv2es_meta_entries_that_do_not_parse_are_skipped_and_listed(tmp_path):
 def test_nan_and_inf_sensor_values_are_malformed_lines(tmp_path):
     from preprocess.kemdy20 import read_e4
     path = tmp_path / "eda.csv"
-    path.write_text("header\nheader\n0.5,2020-1106-1200-00-000\nnan,2020-1106-1200-00-250\ninf,2020-1106-1200-00-500\n"
+    path.write_text("1604631600.000000,2020-1106-1200-00-000\n4.000000,hz\n0.5,2020-1106-1200-00-000\nnan,2020-1106-1200-00-250\ninf,2020-1106-1200-00-500\n"
                     "0.7,2020-1106-1200-00-750,Sess01_script01_User001F_001\n")
     values, times, segments, bad = read_e4(path)
     assert values.tolist() == [0.5, 0.7] and bad == 2 and segments == ["", "sess01_script01_user001f_001"]
