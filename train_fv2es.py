@@ -56,7 +56,10 @@ from models.fv2es import MME2E, HandCrafted, normalise_faces
 from models.repvgg import fuse_repvgg
 from preprocess.cache import cached_array
 from preprocess.features import log_mel
-from preprocess.iemocap import EMOTIONS, HCF_SIZES, LAYOUT, MOSEI_EMOTIONS, loso_splits, make_cropper, read_processed
+from preprocess.fv2es_layout import HCF_SIZES, LAYOUT, make_cropper
+from preprocess.fv2es_reader import read_processed
+from preprocess.iemocap import EMOTIONS, loso_splits
+from preprocess.mosei import EMOTIONS as MOSEI_EMOTIONS
 
 CLASS_NAMES = {"iemocap": list(EMOTIONS), "mosei": list(MOSEI_EMOTIONS)}
 MODULES_OF = {m: (f"heads.{m}.", f"encoders.{m}.", f"projections.{m}.") for m in "tav"}
@@ -348,7 +351,7 @@ def read_transcript(path):
 
 def predict(cli, device):
     """Segments (transcript times or fixed windows) of one video -> per-segment probabilities, JSON + HTML."""
-    from preprocess.iemocap import audio_hcf, frames_for_segments, text_hcf, visual_hcf
+    from preprocess.fv2es_layout import audio_hcf, frames_for_segments, text_hcf, visual_hcf
     from preprocess.media import load_audio, probe
     from preprocess.report import jpeg_data_uri
     if not cli.ckpt or not cli.out:

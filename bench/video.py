@@ -23,7 +23,7 @@ import av
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from preprocess.fixtures import write_video  # noqa: E402
+from preprocess.fixtures.writers import write_video  # noqa: E402
 from preprocess.media import iter_frames, load_audio, probe  # noqa: E402
 
 

@@ -31,7 +31,8 @@ import train_meld
 from common import load_checkpoint
 from models.meld_emotion import MELDEmotionClassifier
 from processes import free_port
-from preprocess.meld import EMOTIONS, FIXTURE_WORDS, make_meld
+from preprocess.fixtures.meld import FIXTURE_WORDS, make_meld
+from preprocess.meld import EMOTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-6

@@ -24,9 +24,10 @@ import train_av
 import train_fv2es
 import train_highlight
 from common import InputError
-from preprocess.aihub import make_aihub
-from preprocess.fixtures import make_ravdess
-from preprocess.iemocap import CUE_WORDS, FILLER, make_iemocap
+from preprocess.fixtures.aihub import make_aihub
+from preprocess.fixtures.fv2es import FILLER
+from preprocess.fixtures.iemocap import CUE_WORDS, make_iemocap
+from preprocess.fixtures.ravdess import make_ravdess
 from preprocess.media import iter_audio, iter_frames, load_audio, probe, read_frames
 
 pytestmark = pytest.mark.usefixtures("single_thread")

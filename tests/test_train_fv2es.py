@@ -16,8 +16,8 @@ import train_fv2es
 from common import InputError
 from models.fv2es import AUDIO_SIZES, MME2E, NestedAudioEncoder, VisualCNN
 from models.repvgg import FusedRepVGGBlock, RepVGGBlock, fuse_repvgg
-from preprocess.iemocap import CUE_WORDS, FILLER, make_iemocap
-from preprocess.mosei import make_mosei
+from preprocess.fixtures import iemocap as iemocap_fixture, mosei as mosei_fixture
+from preprocess.fixtures.fv2es import FILLER
 from processes import free_port, kill_after_first_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -29,11 +29,11 @@ TINY = ["-ep", "1", "-bs", "6", "--audio-size", "tiny", "--trans-dim", "16", "--
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory):
     root = tmp_path_factory.mktemp("fv2es")
-    make_iemocap(root / "iemocap")
-    make_mosei(root / "mosei")
+    iemocap_fixture.make_iemocap(root / "iemocap")
+    mosei_fixture.make_mosei(root / "mosei")
     text_model = root / "tiny-bert"
     from transformers import BertConfig, BertModel, BertTokenizerFast
-    words = sorted(set(CUE_WORDS.values()) | set(FILLER) | {"hmm"})
+    words = sorted(set(iemocap_fixture.CUE_WORDS.values()) | set(mosei_fixture.CUE_WORDS.values()) | set(FILLER) | {"hmm"})
     text_model.mkdir()
     (text_model / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     BertTokenizerFast(vocab_file=str(text_model / "vocab.txt")).save_pretrained(text_model)
