@@ -1,9 +1,11 @@
 """What every train_*.py script repeats, in one short file: clear errors, seeding, `--device auto`,
-torchrun/DDP set-up, atomic files and checkpoints, run folders, and metric reports on scikit-learn.
+torchrun/DDP set-up, moving batches to the device, atomic files, checkpoints and training state for --resume,
+run folders with failures.csv, and metric reports on scikit-learn.
 
     from common import InputError, run_main, add_logistics_args, seed_everything, ...
 """
 import argparse
+import csv
 import ctypes
 import json
 import os
@@ -11,6 +13,8 @@ import random
 import shlex
 import sys
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +48,7 @@ def add_logistics_args(parser, *, default_seed=0):
     group = parser.add_argument_group("Logistics")
     group.add_argument("--seed", type=int, default=default_seed, help="random seed for torch, numpy and random (default %(default)s)")
     group.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default %(default)s)")
-    group.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    group.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors (default: off)")
     return group
 
 
@@ -70,11 +74,10 @@ def resolve_device(name="auto"):
 
 def keep_freed_memory(device):
     """Training on the CPU: glibc's malloc serves blocks over 32 MB (a batch's activations) with a fresh mmap
-    and unmaps them on free, so every step page-faults its activations in again (a third of a RAVDESS run's
-    time went to the kernel: BENCHMARKS.md). M_MMAP_MAX 0 serves them from the heap, and an M_TRIM_THRESHOLD of
-    2 GiB keeps freed heap for reuse: 1.2-1.3x faster steps (bench/malloc.py) for up to twice the peak RSS
-    (fragmentation; a RAVDESS fold: 5.9 GB against 2.7). KEEP_FREED_MEMORY=0 in the environment turns it off; no-op on CUDA or
-    without glibc."""
+    and unmaps them on free, so every step page-faults its activations in again. M_MMAP_MAX 0 serves them from the
+    heap, and an M_TRIM_THRESHOLD of 2 GiB keeps freed heap for reuse: faster steps for a higher peak RSS
+    (fragmentation); bench/malloc.py measures both. KEEP_FREED_MEMORY=0 in the environment turns it off; no-op on
+    CUDA or without glibc."""
     if device.type != "cpu" or not sys.platform.startswith("linux") or os.environ.get("KEEP_FREED_MEMORY") == "0":
         return False
     try:
@@ -154,6 +157,20 @@ def autocast(device, enabled):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(enabled))
 
 
+def to_device(batch, device):
+    """A batch (tensors inside dicts, tuples and lists, any depth) on `device`. On CUDA host tensors are page-locked
+    first (a no-op for a DataLoader's pinned batches), so the copies run asynchronously."""
+    if isinstance(batch, torch.Tensor):
+        if device.type == "cuda" and batch.device.type == "cpu":
+            batch = batch.pin_memory()
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
+
+
 def atomic_write(path, write, *, binary=True):
     """Write through `write(file)` into a temp file beside `path`, then rename it over `path`, so a crash
     never leaves a half-written file. Raises InputError naming the path when the folder is not writable."""
@@ -180,6 +197,16 @@ def atomic_write(path, write, *, binary=True):
 
 def write_json(path, payload):
     return atomic_write(path, lambda file: json.dump(payload, file, indent=2, ensure_ascii=False, default=_jsonable), binary=False)
+
+
+def write_failures(folder, failures):
+    """folder/failures.csv: a header `item,problem`, then one row per skipped item [(item, problem)]."""
+    return atomic_write(Path(folder) / "failures.csv", lambda file: csv.writer(file).writerows([("item", "problem"), *failures]),
+                        binary=False)
+
+
+# what np.load raises on a cut-short or corrupt .npy / .npz (a bad zip member, a failed CRC, a missing array)
+UNREADABLE_ARRAY_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 
 
 def _jsonable(value):
@@ -214,23 +241,27 @@ def numpy_rng_state():
     return torch.from_numpy(np.append(keys.astype(np.int64), position))
 
 
-def save_training_state(path, *, model, optimizer, scheduler, epoch, best_score, best_epoch, ema=None):
-    """last.pt for --resume: weights, optimizer, OneCycle/LR scheduler, torch and numpy RNG, the selection state
-    and, when given, a weight-averaging model (torch.optim.swa_utils.AveragedModel)."""
+def save_training_state(path, *, model, optimizer, scheduler=None, epoch, best_score, best_epoch, ema=None, total_steps=None):
+    """last.pt for --resume: weights, optimizer, any LR scheduler (or None), torch and numpy RNG, the selection state,
+    a weight-averaging model (torch.optim.swa_utils.AveragedModel) when given, and the schedule's length:
+    `total_steps`, by default the scheduler's own (OneCycleLR has one); None for a schedule that does not depend on
+    the run's length."""
     save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
                            "rng": torch.get_rng_state(), "numpy_rng": numpy_rng_state(),
                            "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
-                           "total_steps": scheduler.total_steps if scheduler is not None else None,
+                           "total_steps": total_steps if total_steps is not None else getattr(scheduler, "total_steps", None),
                            "ema": ema.state_dict() if ema is not None else None})
 
 
-def resume_training_state(path, *, model, optimizer, scheduler, ema=None):
-    """Restore what save_training_state wrote; returns (start_epoch, best_score, best_epoch). The schedule
-    must be the interrupted run's (same --epochs and --batch-size), or resuming would silently change it."""
+def resume_training_state(path, *, model, optimizer, scheduler=None, ema=None, total_steps=None):
+    """Restore what save_training_state wrote; returns (start_epoch, best_score, best_epoch). A schedule with a
+    length (`total_steps`, as for save_training_state) must be the interrupted run's (same epochs and batch size),
+    or resuming would silently change it."""
     state = load_checkpoint(path)
-    if scheduler is not None and state["total_steps"] != scheduler.total_steps:
-        raise InputError(f"{path}: --resume needs the interrupted run's --epochs and --batch-size")
+    total_steps = total_steps if total_steps is not None else getattr(scheduler, "total_steps", None)
+    if total_steps is not None and state.get("total_steps") != total_steps:
+        raise InputError(f"{path}: --resume needs the interrupted run's epochs and batch size")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:  # scheduler=None: a run with a constant learning rate

@@ -1,10 +1,10 @@
 """RAVDESS audio-visual emotion classifier (seed 002), trained and tested on disjoint actors.
 
 Audio only, offline log-mel CNN, 5 folds over the actors present (each fold: 1/5 of the actors test, the rest
-train, the last epoch of the fixed schedule kept; RAVDESS speech actors 01-20: pooled accuracy in README):
-    python train_av.py --data ../shared/data/ravdess-16k -mod a --folds 5 --val-actors none --out runs/av/mel-5fold
+train, the last epoch of the fixed schedule kept):
+    python train_av.py --data RAVDESS/ -mod a --folds 5 --val-actors none --out runs/av/mel-5fold
 The same with the next 1/5 of the actors as validation, which picks each fold's checkpoint:
-    python train_av.py --data ../shared/data/ravdess-16k -mod a --folds 5 --out runs/av/mel-5fold-val
+    python train_av.py --data RAVDESS/ -mod a --folds 5 --out runs/av/mel-5fold-val
 Audio-visual on the full release, the published peers' test actors:
     python train_av.py --data RAVDESS/ -mod av --test-actors 5,10,16,19 --val-actors 1,2,3,4 --video-weights weights/resnet18.pth
 Any labelled corpus (CSV with path,label,group), wav2vec2 from a local folder:
@@ -22,7 +22,6 @@ validation, or the last epoch with --val-actors none), last.pt (for --resume), m
 predictions of all folds. Validation picks the checkpoint; the test actors are evaluated once, at the end.
 """
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from torch.utils.data.distributed import DistributedSampler
 from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, classification_report,
                     cleanup_distributed, format_table, keep_freed_memory, load_checkpoint, make_run_dir, parse_ids, progress,
                     resolve_device, resume_training_state, run_main, save_checkpoint, save_training_state,
-                    seed_everything, setup_distributed, write_json)
+                    seed_everything, setup_distributed, to_device, write_failures, write_json)
 from models.av_emotion import AUDIO_ENCODERS, AVEmotionClassifier, VideoEncoder
 from preprocess.cache import ensure_cached
 from preprocess.features import crop_seconds, trim_silence
@@ -52,50 +51,50 @@ MIN_AUDIO_SAMPLES = SAMPLE_RATE // 4  # shorter clips are zero-padded (masked by
 def build_parser():
     parser = argument_parser(__doc__)
     data = parser.add_argument_group("Data")
-    data.add_argument("--data", help="RAVDESS folder (Actor_XX/MM-VV-EE-II-SS-RR-AA.mp4|wav; 48 kHz originals or 16 kHz copies)")
-    data.add_argument("--manifest", help="CSV with columns path,label,group (group = speaker) instead of --data")
-    data.add_argument("--channel", default="speech", choices=["speech", "song", "all"], help="RAVDESS vocal channel to use (default %(default)s)")
-    data.add_argument("--classes", type=int, default=8, choices=[8, 4], help="8 emotions, or the seed's 4 (sad, happy, disgust, angry) (default %(default)s)")
-    data.add_argument("--cache", default="cache/av", help="folder for decoded waveforms and frames, reused across runs (default %(default)s)")
+    data.add_argument("--data", help="RAVDESS folder: Actor_XX/MM-VV-EE-II-SS-RR-AA.mp4|wav (default: none, give it or --manifest)")
+    data.add_argument("--manifest", help="CSV with columns path,label,group (group = speaker), instead of --data (default: none)")
+    data.add_argument("--channel", default="speech", choices=["speech", "song", "all"], help="RAVDESS vocal channel (default %(default)s)")
+    data.add_argument("--classes", type=int, default=8, choices=[8, 4], help="8 emotions, or 4: sad, happy, disgust, angry (default %(default)s)")
+    data.add_argument("--cache", default="cache/av", help="folder of decoded waveforms and frames, reused across runs (default %(default)s)")
     split = parser.add_argument_group("Splits (by actor / group only)")
-    split.add_argument("--test-actors", "--test-groups", default="21-24", help="actors (1,2,5-7) or manifest groups held out for test (default %(default)s; absent actors give no test split)")
-    split.add_argument("--val-actors", "--val-groups", default="17-20", help="actors or groups for validation / checkpoint selection; 'none' = no validation: they train too and the last epoch of the fixed schedule is kept (RAVDESS 5-fold by actor: 0.691 against 0.625 with validation) (default %(default)s)")
-    split.add_argument("--folds", type=int, default=0, help="K>1: K-fold by actor instead of the two flags above; fold k tests on group k and validates on group k+1 (or on nothing with --val-actors none)")
+    split.add_argument("--test-actors", "--test-groups", default="21-24", help="actors (1,2,5-7) or manifest groups held out for test (default %(default)s)")
+    split.add_argument("--val-actors", "--val-groups", default="17-20", help="actors or groups that pick the checkpoint; none: last epoch kept (default %(default)s)")
+    split.add_argument("--folds", type=int, default=0, help="K > 1: K-fold by actor, fold k tests on group k, validates on k+1 (default %(default)s: off)")
     model = parser.add_argument_group("Model")
     model.add_argument("-mod", "--modalities", default="av", choices=["a", "v", "av"], help="audio, video or both (default %(default)s)")
-    model.add_argument("--audio-encoder", default="mel", choices=sorted(AUDIO_ENCODERS), help="mel: log-mel CNN from scratch (offline); wav2vec2: pretrained (default %(default)s)")
-    model.add_argument("--audio-model", default="facebook/wav2vec2-base", help="wav2vec2 name or local directory (default %(default)s)")
-    model.add_argument("--audio-trainable-layers", type=int, default=2, help="wav2vec2 transformer layers fine-tuned from the top (default %(default)s)")
-    model.add_argument("--n-mels", type=int, default=128, help="mel encoder: mel bins, a multiple of 8 (RAVDESS 5-fold by actor: 128 bins 0.614, 64 bins 0.591) (default %(default)s)")
-    model.add_argument("--mel-window-ms", type=float, default=50, help="mel encoder: analysis window in ms (FFT size: the next power of two of its samples, at least 512; 10-ms hop); 50 ms resolves a voice's harmonics in the low mel bins (RAVDESS 5-fold by actor, 128 bins: 50 ms 0.625, 25 ms 0.614) (default %(default)s)")
-    model.add_argument("--mel-norm", default="clip", choices=["clip", "bin"], help="mel encoder: standardise the clip as a whole (clip: gain only) or each mel bin over the clip's frames (bin: CMVN, removes the speaker's average spectrum and the channel; RAVDESS 5-fold 0.585 against 0.591) (default %(default)s)")
-    model.add_argument("--max-bin-shift", type=int, default=6, help="mel encoder augmentation: random shift of up to N mel bins per training clip (6 of 128 bins: the mel distance 3 of 64 bins span), 0 = off (default %(default)s)")
-    model.add_argument("--trim-db", type=float, default=35.0, help="cut leading/trailing audio quieter than this many dB below the loudest 25-ms frame (0.1 s kept each side); 0 = off (default %(default)s)")
-    model.add_argument("--max-audio-seconds", type=float, default=6.0, help="longer audio is cut (random window in training, centre in evaluation) (default %(default)s)")
-    model.add_argument("--train-crop-seconds", type=float, default=3.0, help="random audio crop length while training, 0 = whole clip (default %(default)s)")
-    model.add_argument("--video-fps", type=float, default=6.0, help="frames sampled per second by timestamp (default %(default)s)")
-    model.add_argument("--max-frames", type=int, default=30, help="frames per clip after uniform subsampling (default %(default)s)")
-    model.add_argument("--frame-size", type=int, default=112, help="centre-cropped square frame side in pixels (default %(default)s)")
-    model.add_argument("--video-weights", help="torchvision ResNet-18 ImageNet state dict (.pth file or folder); random init without it")
-    model.add_argument("--video-frozen-stages", type=int, default=None, help="ResNet stages (0-4) kept frozen after the stem; default 2 with --video-weights, 0 without")
+    model.add_argument("--audio-encoder", default="mel", choices=sorted(AUDIO_ENCODERS), help="mel: log-mel CNN from scratch; wav2vec2: pretrained (default %(default)s)")
+    model.add_argument("--audio-model", default="facebook/wav2vec2-base", help="wav2vec2 name or local folder (default %(default)s)")
+    model.add_argument("--audio-trainable-layers", type=int, default=2, help="wav2vec2 layers fine-tuned, from the top (default %(default)s)")
+    model.add_argument("--n-mels", type=int, default=128, help="mel encoder: mel bins, a multiple of 8 (default %(default)s)")
+    model.add_argument("--mel-window-ms", type=float, default=50, help="mel encoder: analysis window in ms, 10-ms hop (default %(default)s)")
+    model.add_argument("--mel-norm", default="clip", choices=["clip", "bin"], help="mel encoder: standardise per clip or per mel bin (default %(default)s)")
+    model.add_argument("--max-bin-shift", type=int, default=6, help="mel encoder: random shift of up to N mel bins per training clip, 0 = off (default %(default)s)")
+    model.add_argument("--trim-db", type=float, default=35.0, help="trim leading/trailing audio this many dB below the peak, 0 = off (default %(default)s)")
+    model.add_argument("--max-audio-seconds", type=float, default=6.0, help="longer audio is cut: random window in training, centre otherwise (default %(default)s)")
+    model.add_argument("--train-crop-seconds", type=float, default=3.0, help="random audio crop while training, 0 = whole clip (default %(default)s)")
+    model.add_argument("--video-fps", type=float, default=6.0, help="frames sampled per second (default %(default)s)")
+    model.add_argument("--video-frames", type=int, default=30, help="frames kept per clip, uniformly subsampled (default %(default)s)")
+    model.add_argument("--frame-size", type=int, default=112, help="side of the centre-cropped square frames in pixels (default %(default)s)")
+    model.add_argument("--video-weights", help="torchvision ResNet-18 ImageNet weights, .pth file or folder (default: random init)")
+    model.add_argument("--video-frozen-stages", type=int, default=None, help="ResNet stages (0-4) kept frozen (default: 2 with --video-weights, else 0)")
     train = parser.add_argument_group("Training")
-    train.add_argument("--epochs", type=int, default=40, help="(default %(default)s)")
-    train.add_argument("--batch-size", type=int, default=32, help="global batch size (default %(default)s)")
-    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of AdamW with one-cycle schedule (seed: Adam 1e-3, StepLR) (default %(default)s)")
-    train.add_argument("--weight-decay", type=float, default=5e-2, help="(default %(default)s)")
-    train.add_argument("--label-smoothing", type=float, default=0.1, help="(default %(default)s)")
-    train.add_argument("--mixup", type=float, default=0.0, help="mixup: each batch is mixed with a shuffled copy of itself (waveforms, frames and labels) at a ratio drawn from Beta(A, A); 0 = off (default %(default)s)")
-    train.add_argument("--ema", type=float, default=0.0, help="evaluate and keep an exponential moving average of the weights with this decay per step (e.g. 0.99); 0 = off (default %(default)s)")
+    train.add_argument("--epochs", type=int, default=40, help="training epochs (default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=32, help="global batch size, split over the processes (default %(default)s)")
+    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of AdamW, one-cycle schedule (default %(default)s)")
+    train.add_argument("--weight-decay", type=float, default=5e-2, help="AdamW weight decay (default %(default)s)")
+    train.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default %(default)s)")
+    train.add_argument("--mixup", type=float, default=0.0, metavar="A", help="mixup with a ratio drawn from Beta(A, A), 0 = off (default %(default)s)")
+    train.add_argument("--ema", type=float, default=0.0, help="decay per step of an averaged model that is evaluated and kept, 0 = off (default %(default)s)")
     train.add_argument("--select", default="accuracy", choices=["accuracy", "macro_f1"], help="validation metric that picks the checkpoint (default %(default)s)")
-    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes: reading and cropping the cached clips overlaps the model's compute (default %(default)s)")
-    train.add_argument("--amp", action="store_true", help="bf16 autocast of the forward passes (for CUDA; runs on the CPU too, slower)")
+    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default %(default)s)")
+    train.add_argument("--amp", action="store_true", help="bf16 autocast of the forward passes (default: off)")
     run = parser.add_argument_group("Run")
     run.add_argument("--out", help="run folder (default: a new runs/av/NNN)")
-    run.add_argument("--resume", action="store_true", help="continue each split from its last.pt in --out (a finished fold is only re-evaluated)")
-    run.add_argument("--predict", nargs="+", metavar="FILE", help="classify these wav/mp4 files with --ckpt and print JSON")
-    run.add_argument("--ckpt", help="model.pt of a trained run, for --predict")
-    run.add_argument("--window", type=float, default=3.0, help="--predict with an audio model: per-second emotion window in s (default %(default)s)")
-    run.add_argument("--hop", type=float, default=1.0, help="--predict with an audio model: window hop in s (default %(default)s)")
+    run.add_argument("--resume", action="store_true", help="continue each split from its last.pt in --out (default: off)")
+    run.add_argument("--predict", nargs="+", metavar="FILE", help="classify these wav/mp4 files with --ckpt, print JSON (default: none)")
+    run.add_argument("--ckpt", help="model.pt of a trained run, for --predict (default: none)")
+    run.add_argument("--window", type=float, default=3.0, help="--predict, audio model: per-second emotion window in s (default %(default)s)")
+    run.add_argument("--hop", type=float, default=1.0, help="--predict, audio model: window hop in s (default %(default)s)")
     add_logistics_args(parser)
     return parser
 
@@ -139,8 +138,8 @@ class TrialDataset(Dataset):
             item["audio"] = torch.from_numpy(np.array(wave, dtype=np.float32))
         if "frames" in paths:
             frames = np.load(paths["frames"], mmap_mode="r", allow_pickle=False)
-            if len(frames) > self.args.max_frames:
-                frames = frames[np.linspace(0, len(frames) - 1, self.args.max_frames).round().astype(int)]
+            if len(frames) > self.args.video_frames:
+                frames = frames[np.linspace(0, len(frames) - 1, self.args.video_frames).round().astype(int)]
             item["frames"] = torch.from_numpy(np.array(frames))
         return item
 
@@ -221,10 +220,6 @@ def mix_batch(batch, targets, ratio):
             mixed[key] = values.round().to(batch[key].dtype) if not batch[key].is_floating_point() else values
             mixed[length_key] = torch.maximum(batch[length_key], batch[length_key][partner])
     return mixed, ratio * targets + (1 - ratio) * targets[partner]
-
-
-def to_device(batch, device):
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
 @torch.no_grad()
@@ -337,6 +332,7 @@ def predict_files(args):
         raise InputError("--predict needs --ckpt RUN/model.pt")
     state = load_checkpoint(args.ckpt)
     settings, names = {**state["args"], "video_weights": None}, state["class_names"]  # the checkpoint holds the trained trunk
+    settings.setdefault("video_frames", settings.get("max_frames"))  # a checkpoint saved before --max-frames was renamed
     model = build_model(settings, len(names))
     model.load_state_dict(state["model"])
     model.eval()
@@ -363,7 +359,7 @@ def predict_files(args):
         if "v" in settings["modalities"]:
             if not frames:
                 raise MediaError(path, "no video frames decoded")
-            chosen = np.linspace(0, len(frames) - 1, min(len(frames), settings["max_frames"])).round().astype(int)
+            chosen = np.linspace(0, len(frames) - 1, min(len(frames), settings["video_frames"])).round().astype(int)
             item.update(frames=torch.from_numpy(np.stack([frames[i] for i in chosen]))[None], frame_lengths=torch.tensor([len(chosen)]))
         with torch.no_grad():
             probabilities = model(item).softmax(-1)[0].tolist()
@@ -402,7 +398,7 @@ def main(argv=None):
         cache_paths = {k: v for part, _ in gathered for k, v in part.items()}
         failures = [f for _, part in gathered for f in part]
     if dist.is_main:
-        atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
+        write_failures(run_dir, failures)
         if failures:
             print(f"{len(failures)} file(s) skipped, listed in {run_dir / 'failures.csv'}")
     trials = [t for t in trials if t.key in cache_paths]

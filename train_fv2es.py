@@ -5,13 +5,13 @@ Processed data (SPEC 5) from the raw releases, or a tiny synthetic tree (raw + p
     python -m preprocess.mosei CMU-MOSEI/Raw data/mosei
     python -m preprocess.fixtures iemocap data/demo/iemocap              # raw/ and processed/
 Train (the published recipe, GPU), leave-one-session-out, text only offline, a hand-crafted baseline:
-    python train_fv2es.py -lr 4.5e-6 -mod tav --datapath data/iemocap --text-model weights/all-MiniLM-L6-v2
-    python train_fv2es.py -lr=4.5e-6 -mod tav --datapath data/iemocap --protocol loso --test-session 5 --text-model DIR
-    python train_fv2es.py -lr 1e-4 -mod t --datapath data/mosei --dataset mosei --text-model weights/all-MiniLM-L6-v2
-    python train_fv2es.py -lr 1e-3 -mo lf_rnn --hand-crafted -mod tav --datapath data/iemocap -bi
+    python train_fv2es.py -lr 4.5e-6 -mod tav --data data/iemocap --text-model weights/all-MiniLM-L6-v2
+    python train_fv2es.py -lr=4.5e-6 -mod tav --data data/iemocap --protocol loso --test-session 5 --text-model DIR
+    python train_fv2es.py -lr 1e-4 -mod t --data data/mosei --dataset mosei --text-model weights/all-MiniLM-L6-v2
+    python train_fv2es.py -lr 1e-3 -mo lf_rnn --hand-crafted -mod tav --data data/iemocap -bi
 Several processes or GPUs (DDP; --batch-size is split over the processes), resume after a crash:
-    torchrun --nproc_per_node=2 train_fv2es.py -lr 4.5e-6 -mod tav --datapath data/iemocap --text-model DIR --out runs/fv2es/ddp
-    python train_fv2es.py -lr 4.5e-6 -mod tav --datapath data/iemocap --text-model DIR --out runs/fv2es/ddp --resume
+    torchrun --nproc_per_node=2 train_fv2es.py -lr 4.5e-6 -mod tav --data data/iemocap --text-model DIR --out runs/fv2es/ddp
+    python train_fv2es.py -lr 4.5e-6 -mod tav --data data/iemocap --text-model DIR --out runs/fv2es/ddp --resume
 Evaluate a checkpoint (no other flag needed), predict on any video:
     python train_fv2es.py --test --ckpt runs/fv2es/001/model.pt
     python train_fv2es.py --predict talk.mp4 [--transcript talk.txt] --ckpt runs/fv2es/001/model.pt --out runs/fv2es/talk
@@ -24,20 +24,23 @@ Loss bce with pos_weight = neg/pos on train. Per class the sigmoid threshold in 
 on VALID is chosen and applied to test. Outputs in --out (default runs/fv2es/NNN): args.json, split.json,
 model.pt (best mean valid F1; carries args and thresholds), last.pt (--resume), metrics.json {"valid", "test",
 "thresholds"}.
+--audio-size presets of the nested transformer: paper = patch 1, 8x8 blocks, dims 128/256/512, depths 2/2/20
+(NesT-B); cpu = patch 2, dims 64/128/256, depths 1/1/2; tiny for tests. --protocol loso tests on --test-session
+and validates on 10% of the other sessions' dialogues. The original's flag spellings work:
+--datapath, -lr/--learning-rate, -hs/--hidden-size and -nl/--num-layers are --data, --lr, --hidden and --layers
+(lf_transformer takes its layers from --trans-nlayers); --feature-dim, -st/--sparse-threshold and -aft are
+accepted and ignored (no model here uses them, as in the original's mme2e).
 Deviations from the original: --ckpt/--valid/--test work; the visual head is optimised; RepVGG is fused on a
 copy for inference only; -lr is required only for training; -bs defaults to 2 (was required); --fusion
 late (the original default 'early' was ignored by mme2e); audio NesT preset 'cpu' (the paper's is
---audio-size paper); splits grouped (--protocol loso). Other defaults are the README training command's (-ep 30
+--audio-size paper); splits grouped (--protocol loso). Other defaults are the original README's training command's (-ep 30
 -bs 2 -es 6 --trans-dim 64 --trans-nlayers 4 --trans-nheads 4 --num-emotions 6 --text-max-len 100); the original
 cli.py defaults differ (-ep and -bs required, -es 5, --trans-dim 512, --trans-nlayers 2, --trans-nheads 8,
 --num-emotions 4, --text-max-len 300).
 """
 import argparse
-import csv
 import functools
 import time
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +48,18 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics as skm
 
-from common import (InputError, atomic_write, autocast, broadcast_object, best_f1_threshold, classification_report, cleanup_distributed, format_table, keep_freed_memory, load_checkpoint,
-                    make_run_dir, progress, resolve_device, run_main, save_checkpoint, seed_everything, setup_distributed, write_json)
+from common import (InputError, UNREADABLE_ARRAY_ERRORS, argument_parser, atomic_write, autocast, best_f1_threshold, broadcast_object, classification_report,
+                    cleanup_distributed, format_table, keep_freed_memory, load_checkpoint, make_run_dir, progress, resolve_device,
+                    resume_training_state, run_main, save_checkpoint, save_training_state, seed_everything, setup_distributed, to_device,
+                    write_failures, write_json)
 from models.fv2es import MME2E, HandCrafted, normalise_faces
 from models.repvgg import fuse_repvgg
 from preprocess.cache import cached_array
 from preprocess.features import log_mel
-from preprocess.iemocap import EMOTIONS, HCF_SIZES, LAYOUT, MOSEI_EMOTIONS, loso_splits, make_cropper, read_processed
+from preprocess.fv2es_layout import HCF_SIZES, LAYOUT, make_cropper
+from preprocess.fv2es_reader import read_processed
+from preprocess.iemocap import EMOTIONS, loso_splits
+from preprocess.mosei import EMOTIONS as MOSEI_EMOTIONS
 
 CLASS_NAMES = {"iemocap": list(EMOTIONS), "mosei": list(MOSEI_EMOTIONS)}
 MODULES_OF = {m: (f"heads.{m}.", f"encoders.{m}.", f"projections.{m}.") for m in "tav"}
@@ -61,66 +69,66 @@ MODULES_OF["v"] += ("visual.", "visual_temporal.")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser(__doc__)
     data = parser.add_argument_group("Data")
-    data.add_argument("--datapath", help="folder holding <DATASET>_RAW_PROCESSED, <DATASET>_SPLIT (and <DATASET>_HCF_FEATURES)")
-    data.add_argument("--dataset", default="iemocap", choices=["iemocap", "mosei"], help="(default %(default)s)")
-    data.add_argument("-mod", "--modalities", default="tav", help="any subset of t(ext), a(udio), v(isual); t needs no frames or audio on disk (default %(default)s)")
-    data.add_argument("--protocol", default="split", choices=["split", "loso"], help="ours: the split files, or IEMOCAP leave-one-session-out (valid = 10%% of the other dialogues) (default %(default)s)")
-    data.add_argument("--test-session", type=int, default=5, help="ours: the held-out session of --protocol loso (default %(default)s)")
-    data.add_argument("--img-interval", type=int, default=500, help="ms between frames: the preprocessors' setting (documented here) and --predict's sampling (default %(default)s)")
-    data.add_argument("--text-max-len", type=int, default=100, help="tokens per utterance (default %(default)s)")
-    data.add_argument("--hand-crafted", action="store_true", help="read the <DATASET>_HCF_FEATURES npz files (implied by -mo lf_rnn/lf_transformer)")
+    data.add_argument("--data", "--datapath", help="folder of <DATASET>_RAW_PROCESSED, <DATASET>_SPLIT, <DATASET>_HCF_FEATURES (default: none)")
+    data.add_argument("--dataset", default="iemocap", choices=["iemocap", "mosei"], help="dataset layout under --data (default %(default)s)")
+    data.add_argument("-mod", "--modalities", default="tav", help="any subset of t(ext), a(udio), v(isual) (default %(default)s)")
+    data.add_argument("--protocol", default="split", choices=["split", "loso"], help="the split files, or IEMOCAP leave-one-session-out (default %(default)s)")
+    data.add_argument("--test-session", type=int, default=5, help="--protocol loso: the held-out session (default %(default)s)")
+    data.add_argument("--img-interval", type=int, default=500, help="ms between frames, as preprocessed; --predict samples at it (default %(default)s)")
+    data.add_argument("--text-max-len", type=int, default=100, help="tokens per utterance, longer ones are cut (default %(default)s)")
+    data.add_argument("--hand-crafted", action="store_true", help="read the <DATASET>_HCF_FEATURES files, implied by lf_* models (default: off)")
     data.add_argument("-hfcs", "--hfc-sizes", type=int, nargs=3, default=list(HCF_SIZES), metavar=("T", "A", "V"), help="hand-crafted feature widths, checked against the files (default %(default)s)")
-    data.add_argument("-aft", "--audio-feature-type", type=int, default=0, choices=[0], help="0 = 128-bin log-mel in 4x32x32 chunks (the only type built) (default %(default)s)")
-    data.add_argument("--cache", default="cache/fv2es", help="ours: cached mel chunks and (when a dataset has no faces_*.npy) face crops (default %(default)s)")
-    data.add_argument("--mtcnn", default="weights/mtcnn", help="ours: MTCNN weights for faces not cached by the preprocessors and for --predict; centre crop without them (default %(default)s)")
+    data.add_argument("-aft", "--audio-feature-type", type=int, default=0, choices=[0], help="accepted, ignored: log-mel chunks are the only type (default %(default)s)")
+    data.add_argument("--cache", default="cache/fv2es", help="cached mel chunks and face crops (default %(default)s)")
+    data.add_argument("--mtcnn", default="weights/mtcnn", help="MTCNN weights, centre crops without them (default %(default)s)")
     model = parser.add_argument_group("Model")
-    model.add_argument("-mo", "--model", default="mme2e", choices=["mme2e", "lf_rnn", "lf_transformer"], help="(default %(default)s)")
+    model.add_argument("-mo", "--model", default="mme2e", choices=["mme2e", "lf_rnn", "lf_transformer"], help="end-to-end model, or a hand-crafted baseline (default %(default)s)")
     model.add_argument("--text-model-size", default="base", choices=["base", "large", "xlarge"], help="albert-<size>-v2 from the hub when no --text-model (default %(default)s)")
-    model.add_argument("--text-model", help="ours: a transformers encoder name or local folder (e.g. weights/all-MiniLM-L6-v2) instead of ALBERT")
-    model.add_argument("--fusion", default="late", choices=["late", "early"], help="late: learned weighted sum of per-modality logits; early: concatenated modality vectors -> Linear (default %(default)s; the original's 'early' was ignored by mme2e)")
+    model.add_argument("--text-model", help="transformers text encoder name or local folder (default: ALBERT, --text-model-size)")
+    model.add_argument("--fusion", default="late", choices=["late", "early"], help="learned weighted sum of the modality logits, or concatenation (default %(default)s)")
     model.add_argument("--trans-dim", type=int, default=64, help="width of the temporal transformers (default %(default)s)")
-    model.add_argument("--trans-nlayers", type=int, default=4, help="(default %(default)s)")
-    model.add_argument("--trans-nheads", type=int, default=4, help="(default %(default)s)")
-    model.add_argument("--audio-size", default="cpu", choices=["tiny", "cpu", "paper"], help="ours: nested-transformer preset: paper = patch 1, 8x8 blocks, dims 128/256/512, depths 2/2/20 (NesT-B); cpu = patch 2, 64/128/256, 1/1/2 (default %(default)s, deviates)")
-    model.add_argument("--num-emotions", type=int, default=6, help="classes; must be 6 for both datasets (default %(default)s)")
-    model.add_argument("--feature-dim", type=int, default=256, help="accepted for compatibility; unused by these models, as in the original's mme2e (default %(default)s)")
-    model.add_argument("-st", "--sparse-threshold", type=float, default=0.9, help="accepted for compatibility; used only by the original's sparse model, not built here (default %(default)s)")
-    model.add_argument("-dr", "--dropout", type=float, default=0.1, help="(default %(default)s)")
-    model.add_argument("-nl", "--num-layers", type=int, default=1, help="lf_rnn layers; lf_transformer uses --trans-nlayers (default %(default)s)")
-    model.add_argument("-hs", "--hidden-size", type=int, default=300, help="lf_rnn hidden units (default %(default)s)")
-    model.add_argument("-bi", "--bidirectional", action="store_true", help="lf_rnn: bidirectional")
-    model.add_argument("--gru", action="store_true", help="lf_rnn: GRU instead of LSTM")
+    model.add_argument("--trans-nlayers", type=int, default=4, help="layers of the temporal transformers (default %(default)s)")
+    model.add_argument("--trans-nheads", type=int, default=4, help="attention heads of the temporal transformers (default %(default)s)")
+    model.add_argument("--audio-size", default="cpu", choices=["tiny", "cpu", "paper"], help="nested-transformer audio encoder preset (default %(default)s)")
+    model.add_argument("--num-emotions", type=int, default=6, help="classes; 6 for both datasets (default %(default)s)")
+    model.add_argument("--feature-dim", type=int, default=256, help="accepted, ignored (default %(default)s)")
+    model.add_argument("-st", "--sparse-threshold", type=float, default=0.9, help="accepted, ignored (default %(default)s)")
+    model.add_argument("-dr", "--dropout", type=float, default=0.1, help="dropout rate (default %(default)s)")
+    model.add_argument("--layers", "-nl", "--num-layers", type=int, default=1, help="lf_rnn layers (default %(default)s)")
+    model.add_argument("--hidden", "-hs", "--hidden-size", type=int, default=300, help="lf_rnn hidden units (default %(default)s)")
+    model.add_argument("-bi", "--bidirectional", action="store_true", help="lf_rnn: bidirectional (default: off)")
+    model.add_argument("--gru", action="store_true", help="lf_rnn: GRU instead of LSTM (default: off)")
     train = parser.add_argument_group("Training")
-    train.add_argument("-lr", "--learning-rate", type=float, help="required for training (the published run: 4.5e-6)")
-    train.add_argument("-bs", "--batch-size", type=int, default=2, help="(default %(default)s; the original required it)")
-    train.add_argument("-wd", "--weight-decay", type=float, default=0.0, help="(default %(default)s)")
-    train.add_argument("-ep", "--epochs", type=int, default=30, help="(default %(default)s)")
+    train.add_argument("--lr", "-lr", "--learning-rate", type=float, help="learning rate, required for training (default: none)")
+    train.add_argument("-bs", "--batch-size", type=int, default=2, help="global batch size, split over the processes (default %(default)s)")
+    train.add_argument("-wd", "--weight-decay", type=float, default=0.0, help="weight decay (default %(default)s)")
+    train.add_argument("-ep", "--epochs", type=int, default=30, help="training epochs (default %(default)s)")
     train.add_argument("-es", "--early-stop", type=int, default=6, help="stop after this many epochs without a better valid mean F1 (default %(default)s)")
-    train.add_argument("-cl", "--clip", type=float, default=-1, help="gradient-norm clipping; <= 0 = off (default %(default)s)")
-    train.add_argument("-sc", "--scheduler", action="store_true", help="ReduceLROnPlateau (x0.5 after 2 epochs without a better valid mean F1)")
-    train.add_argument("--loss", default="bce", choices=["bce", "ce", "l1", "mse"], help="bce with pos_weight = neg/pos on train; ce on the label distribution; l1/mse on sigmoid (default %(default)s)")
-    train.add_argument("--optim", default="adam", choices=["adam", "sgd"], help="(default %(default)s; sgd with momentum 0.9)")
+    train.add_argument("-cl", "--clip", type=float, default=-1, help="gradient-norm clipping, <= 0 = off (default %(default)s)")
+    train.add_argument("-sc", "--scheduler", action="store_true", help="halve the rate after 2 epochs without a better valid mean F1 (default: off)")
+    train.add_argument("--loss", default="bce", choices=["bce", "ce", "l1", "mse"], help="bce with pos_weight, ce, or l1/mse on sigmoids (default %(default)s)")
+    train.add_argument("--optim", default="adam", choices=["adam", "sgd"], help="optimiser; sgd with momentum 0.9 (default %(default)s)")
     train.add_argument("--text-lr-factor", type=float, default=10, help="the text encoder trains at lr / this (default %(default)s)")
     run = parser.add_argument_group("Run")
-    run.add_argument("--out", help="run folder (default: a new runs/fv2es/NNN); for --predict the output folder; for --valid/--test where evaluation.json goes (default: beside --ckpt)")
-    run.add_argument("--resume", action="store_true", help="continue from last.pt in --out (same flags as the interrupted run)")
-    run.add_argument("--ckpt", help="model.pt: evaluated with --valid/--test, a start point for training otherwise, the model of --predict")
-    run.add_argument("--ckpt-mod", help="train from --ckpt loading only these modalities' weights, e.g. t (default: all it shares)")
-    run.add_argument("--valid", action="store_true", help="evaluate --ckpt on valid (thresholds chosen there)")
-    run.add_argument("--test", action="store_true", help="evaluate --ckpt on test with thresholds chosen on valid")
-    run.add_argument("--predict", metavar="VIDEO", help="per-segment emotion probabilities of any video with --ckpt -> predictions.json, report.html")
-    run.add_argument("--transcript", help="--predict: `start end text` lines (seconds) giving segments and their text")
-    run.add_argument("--window", type=float, default=4.0, help="--predict without --transcript: fixed segment length in s (default %(default)s)")
-    run.add_argument("--no-fuse", action="store_true", help="--predict with the multi-branch RepVGG (to compare latency)")
+    run.add_argument("--out", help="run, --predict or evaluation.json folder (default: runs/fv2es/NNN, beside --ckpt)")
+    run.add_argument("--resume", action="store_true", help="continue from last.pt in --out, same flags (default: off)")
+    run.add_argument("--ckpt", help="model.pt: evaluated, predicted with, or the start point of training (default: none)")
+    run.add_argument("--ckpt-mod", help="load only these modalities' weights from --ckpt, e.g. t (default: all it shares)")
+    run.add_argument("--valid", action="store_true", help="evaluate --ckpt on valid (default: off)")
+    run.add_argument("--test", action="store_true", help="evaluate --ckpt on test, thresholds chosen on valid (default: off)")
+    run.add_argument("--predict", metavar="VIDEO", help="per-segment emotions of a video with --ckpt: predictions.json, report.html (default: none)")
+    run.add_argument("--transcript", help="--predict: `start end text` lines giving the segments and their text (default: none)")
+    run.add_argument("--window", type=float, default=4.0, help="--predict without --transcript: segment length in s (default %(default)s)")
+    run.add_argument("--no-fuse", action="store_true", help="--predict with the multi-branch RepVGG, to compare latency (default: off)")
     logistics = parser.add_argument_group("Logistics")
-    logistics.add_argument("-se", "--seed", type=int, default=0, help="(default %(default)s)")
+    logistics.add_argument("-se", "--seed", type=int, default=0, help="random seed for torch, numpy and random (default %(default)s)")
     logistics.add_argument("-cu", "--cuda", default="0", help="GPU index when --device resolves to CUDA (default %(default)s)")
-    logistics.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
+    logistics.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default %(default)s)")
     logistics.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default %(default)s)")
-    logistics.add_argument("--amp", action="store_true", help="bf16 autocast of the forward passes (for CUDA; runs on the CPU too, slower)")
-    logistics.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
+    logistics.add_argument("--amp", action="store_true", help="bf16 autocast of the forward passes (default: off)")
+    logistics.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors (default: off)")
     return parser
 
 
@@ -142,7 +150,7 @@ class Utterances(torch.utils.data.Dataset):
 
     def __init__(self, items, ids, args):
         self.items, self.ids, self.args, self.cropper = items, list(ids), args, None
-        self.hcf_dir = Path(args.datapath) / LAYOUT[args.dataset][2]
+        self.hcf_dir = Path(args.data) / LAYOUT[args.dataset][2]
 
     def __len__(self):
         return len(self.ids)
@@ -153,7 +161,7 @@ class Utterances(torch.utils.data.Dataset):
         if cached.is_file():
             try:
                 return np.load(cached, allow_pickle=False)
-            except (OSError, ValueError, EOFError):
+            except UNREADABLE_ARRAY_ERRORS:
                 pass  # cut short or corrupt: crop the jpgs again (into --cache) below
         images = sorted(item.folder.glob(f"image{suffix}_*.jpg"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
         if not images:
@@ -175,7 +183,7 @@ class Utterances(torch.utils.data.Dataset):
             try:
                 with np.load(path, allow_pickle=False) as saved:
                     sample["hcf"] = {m: saved[m] for m in self.args.modalities}
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+            except UNREADABLE_ARRAY_ERRORS as error:
                 raise InputError(f"{path}: unreadable hand-crafted features ({type(error).__name__}: {str(error)[:100]})") from None
             for m, size in zip("tav", self.args.hfc_sizes):
                 if m in sample["hcf"] and sample["hcf"][m].shape[1] != size:
@@ -215,18 +223,12 @@ def collate(samples, *, tokenizer, text_max_len):
     return batch, labels, [s["id"] for s in samples]
 
 
-def to_device(batch, device):
-    moved = {}
-    for key, value in batch.items():
-        if isinstance(value, dict):
-            moved[key] = to_device(value, device)
-        elif isinstance(value, tuple):
-            moved[key] = tuple(v.to(device, non_blocking=True) for v in value)
-        else:
-            moved[key] = value.to(device, non_blocking=True)  # asynchronous from the loaders' pinned batches on CUDA
-    if "faces" in moved:
-        moved["faces"] = normalise_faces(moved["faces"])
-    return moved
+def model_inputs(batch, device):
+    """The batch on `device`, its uint8 faces (N, 48, 48, 3) normalised to float (N, 3, 48, 48) for the CNN."""
+    batch = to_device(batch, device)
+    if "faces" in batch:
+        batch["faces"] = normalise_faces(batch["faces"])
+    return batch
 
 
 # ---------------------------------------------------------------- model, loss, evaluation
@@ -241,7 +243,7 @@ def build_model(args):
                      trans_nheads=args.trans_nheads, audio_size=args.audio_size, dropout=args.dropout, fusion=args.fusion,
                      text_model=text_model_name(args) if "t" in args.modalities else None)
     return HandCrafted(kind=args.model, modalities=args.modalities, input_dims=dict(zip("tav", args.hfc_sizes)), num_classes=args.num_emotions,
-                       hidden=args.hidden_size, num_layers=args.num_layers, bidirectional=args.bidirectional, gru=args.gru,
+                       hidden=args.hidden, num_layers=args.layers, bidirectional=args.bidirectional, gru=args.gru,
                        trans_dim=args.trans_dim, trans_nlayers=args.trans_nlayers, trans_nheads=args.trans_nheads, dropout=args.dropout,
                        fusion=args.fusion)
 
@@ -272,7 +274,7 @@ def predict_scores(model, loader, args, device):
     all_labels, all_scores, all_ids = [], [], []
     for batch, labels, ids in loader:
         with autocast(device, getattr(args, "amp", False)):
-            logits = model(to_device(batch, device)).float()
+            logits = model(model_inputs(batch, device)).float()
         all_scores.append((logits.softmax(-1) if args.loss == "ce" else logits.sigmoid()).cpu().numpy())
         all_labels.append(labels.numpy())
         all_ids += ids
@@ -349,7 +351,7 @@ def read_transcript(path):
 
 def predict(cli, device):
     """Segments (transcript times or fixed windows) of one video -> per-segment probabilities, JSON + HTML."""
-    from preprocess.iemocap import audio_hcf, text_hcf, visual_hcf
+    from preprocess.fv2es_layout import audio_hcf, text_hcf, visual_hcf
     from preprocess.media import probe
     from preprocess.report import jpeg_data_uri
     from preprocess.timeline import iter_segments
@@ -445,14 +447,14 @@ def write_emotion_report(path, title, rows, names, thresholds, thumbnails):
 # ---------------------------------------------------------------- main
 
 def data_splits(args):
-    items, splits, failures = read_processed(args.datapath, args.dataset)
+    items, splits, failures = read_processed(args.data, args.dataset)
     if args.protocol == "loso":
         if args.dataset != "iemocap":
             raise InputError("--protocol loso is for IEMOCAP (sessions); MOSEI uses its split files")
         splits = loso_splits(items, args.test_session, seed=args.seed)
     empty = [split for split, ids in splits.items() if not ids]
     if empty:
-        raise InputError(f"{args.datapath}: the {' and '.join(empty)} split is empty (train, valid and test are all needed)")
+        raise InputError(f"{args.data}: the {' and '.join(empty)} split is empty (train, valid and test are all needed)")
     if failures:
         print(f"{len(failures)} utterance(s) skipped (meta entries that do not parse, split ids without one); listed in failures.csv")
     return items, splits, failures
@@ -496,17 +498,17 @@ def check_args(args):
 
 
 def train(args, device):
-    if args.learning_rate is None:
+    if args.lr is None:
         raise InputError("training needs -lr (the published run used -lr 4.5e-6)")
-    if not args.datapath:
-        raise InputError("training needs --datapath DIR (python -m preprocess.iemocap RAW DIR writes it)")
+    if not args.data:
+        raise InputError("training needs --data DIR (python -m preprocess.iemocap RAW DIR writes it)")
     dist = setup_distributed(device)
     keep_freed_memory(device)
     items, splits, failures = data_splits(args)
     run_dir = Path(broadcast_object(dist, str(make_run_dir(args.out, args, default_root="runs/fv2es")) if dist.is_main else None))
     if dist.is_main:
         write_json(run_dir / "split.json", {"protocol": args.protocol, **splits})
-        atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
+        write_failures(run_dir, failures)
     data = loaders(items, splits, args, dist)
     train_labels = np.stack([items[i].label for i in splits["train"]])
     positives = train_labels.sum(0)
@@ -518,19 +520,13 @@ def train(args, device):
     text_ids = {id(p) for p in model.text_parameters()}
     groups = [{"params": [p for p in model.parameters() if id(p) not in text_ids]}]
     if text_ids:
-        groups.append({"params": model.text_parameters(), "lr": args.learning_rate / args.text_lr_factor})
-    optimizer = (torch.optim.Adam(groups, lr=args.learning_rate, weight_decay=args.weight_decay) if args.optim == "adam"
-                 else torch.optim.SGD(groups, lr=args.learning_rate, momentum=0.9, weight_decay=args.weight_decay))
+        groups.append({"params": model.text_parameters(), "lr": args.lr / args.text_lr_factor})
+    optimizer = (torch.optim.Adam(groups, lr=args.lr, weight_decay=args.weight_decay) if args.optim == "adam"
+                 else torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2) if args.scheduler else None
     start_epoch, best_score, best_epoch = 0, -1.0, -1
     if args.resume and (run_dir / "last.pt").is_file():
-        state = load_checkpoint(run_dir / "last.pt")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler:
-            scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+        start_epoch, best_score, best_epoch = resume_training_state(run_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler)
     # the text encoder's pooler never reaches the loss, so DDP must allow unused parameters
     train_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if dist.enabled else model
     for epoch in range(start_epoch, args.epochs):
@@ -541,7 +537,7 @@ def train(args, device):
         started, loss_sum = time.time(), 0.0
         for batch, labels, _ in progress(data["train"], enabled=dist.is_main, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False):
             with autocast(device, args.amp):
-                logits = train_model(to_device(batch, device))
+                logits = train_model(model_inputs(batch, device))
             loss = compute_loss(logits.float(), labels.to(device, non_blocking=True), args, pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -564,9 +560,8 @@ def train(args, device):
             if improved:
                 save_checkpoint(run_dir / "model.pt", {"model": model.state_dict(), "args": vars(args), "epoch": epoch,
                                                        "thresholds": thresholds, "class_names": CLASS_NAMES[args.dataset]})
-            save_checkpoint(run_dir / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                  "scheduler": scheduler.state_dict() if scheduler else None, "rng": torch.get_rng_state(),
-                                                  "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch})
+            save_training_state(run_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
+                                best_score=best_score, best_epoch=best_epoch)
             print(f"epoch {epoch + 1}: loss {loss_sum / max(1, len(data['train'])):.4f}  valid mean F1 {score:.3f}  "
                   f"mean acc {valid['mean_accuracy']:.3f}{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
         if epoch - best_epoch >= args.early_stop:
@@ -616,8 +611,12 @@ def evaluate_checkpoint(cli, device):
     return metrics
 
 
-def merged_args(saved, cli, keep=("datapath", "device", "cuda", "cache", "batch_size", "workers", "mtcnn", "amp")):
-    args = argparse.Namespace(**saved)
+# a checkpoint's args under the names older versions of this script saved them
+RENAMED_ARGS = {"datapath": "data", "learning_rate": "lr", "hidden_size": "hidden", "num_layers": "layers"}
+
+
+def merged_args(saved, cli, keep=("data", "device", "cuda", "cache", "batch_size", "workers", "mtcnn", "amp")):
+    args = argparse.Namespace(**{RENAMED_ARGS.get(key, key): value for key, value in saved.items()})
     explicit = {k: v for k, v in vars(cli).items() if k in keep and v != build_parser().get_default(k)}
     for key, value in explicit.items():
         setattr(args, key, value)

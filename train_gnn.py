@@ -24,14 +24,12 @@ features.npz, graphs.npz, gnn.pt + gnn_last.pt, test_predictions.npz, metrics.js
 "utterance"}, "gnn_parameters", ...}. Caches (nodes, features, graphs) are reused while their inputs and
 settings match (nodes.npz is keyed by the --data path and flags: delete it after changing the data). A node's
 time is its E4 timestamp in ms, so "same instant" means equal timestamps. The test sessions are evaluated
-once, at the end of the gnn stage. Protocol fix: the seed validated on its own training graphs (its 90.47% is
-training accuracy; always-neutral scores mid-80s).
+once, at the end of the gnn stage. Validation uses sessions of their own (--val-sessions), never training
+graphs; --select macro_f1 by default because most KEMDy20 nodes are neutral.
 """
 import csv
 import hashlib
 import json
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +39,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, broadcast_object, classification_report, global_mean,
-                    cleanup_distributed, format_table, keep_freed_memory, load_checkpoint, make_run_dir, parse_ids, progress,
-                    resolve_device, resume_training_state, run_main, save_checkpoint, save_training_state,
-                    seed_everything, setup_distributed, write_json)
+from common import (InputError, UNREADABLE_ARRAY_ERRORS, add_logistics_args, argument_parser, atomic_write, autocast, broadcast_object,
+                    classification_report, cleanup_distributed, format_table, global_mean, keep_freed_memory, load_checkpoint,
+                    make_run_dir, parse_ids, progress, resolve_device, resume_training_state, run_main, save_checkpoint,
+                    save_training_state, seed_everything, setup_distributed, to_device, write_failures, write_json)
 from models.kemdy20 import NodeEncoders, TemporalGNN, count_parameters
 from preprocess.features import mfcc
 from preprocess.kemdy20 import EMOTIONS, WINDOW_S, build_nodes, scan_kemdy20, utterance_table
@@ -60,38 +58,36 @@ STAGES = ("encoders", "features", "graphs", "gnn")
 def build_parser():
     parser = argument_parser(__doc__)
     data = parser.add_argument_group("Data")
-    data.add_argument("--data", help="KEMDy20 folder (annotation/, wav/, EDA/, TEMP/); needed to build nodes.npz, not afterwards")
-    data.add_argument("--drop-neutral-ties", action="store_true", help="for ';'-joined tied labels take the first that is not neutral (default: the first)")
+    data.add_argument("--data", help="KEMDy20 folder (annotation/, wav/, EDA/, TEMP/), needed to build nodes.npz (default: none)")
+    data.add_argument("--drop-neutral-ties", action="store_true", help="of ';'-joined tied labels take the first that is not neutral (default: off, the first)")
     split = parser.add_argument_group("Splits (by session; encoders and GNN share them)")
-    split.add_argument("--val-sessions", default="29-32", help="sessions (1,2,5-7) for validation / checkpoint selection (default %(default)s)")
-    split.add_argument("--test-sessions", default="33-40", help="sessions held out for the single final test (default %(default)s); the rest train")
+    split.add_argument("--val-sessions", default="29-32", help="sessions (1,2,5-7) that pick the checkpoints (default %(default)s)")
+    split.add_argument("--test-sessions", default="33-40", help="sessions held out for the single final test (default %(default)s)")
     stage = parser.add_argument_group("Stages")
-    stage.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="encoders: train the node encoders; features: export 3x512 node "
-                       "features; graphs: build the session graphs; gnn: train and test the GNN; all: the four in order (default %(default)s)")
+    stage.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="the stage to run, or all four in order (default %(default)s)")
     encoders = parser.add_argument_group("Encoders (1-D ResNet-18 on EDA and TEMP, 2-D on 13 MFCC; four heads, sum of four CEs)")
-    encoders.add_argument("--encoder-width", type=int, default=64, help="first ResNet stage width; features are 8x this (default %(default)s -> 512)")
+    encoders.add_argument("--encoder-width", type=int, default=64, help="first ResNet stage width; features are 8x this (default %(default)s)")
     encoders.add_argument("--encoder-epochs", type=int, default=100, help="training epochs of the encoders (default %(default)s)")
     encoders.add_argument("--encoder-batch-size", type=int, default=128, help="global batch of nodes (default %(default)s)")
     encoders.add_argument("--encoder-lr", type=float, default=3e-4, help="Adam learning rate (default %(default)s)")
-    encoders.add_argument("--encoder-step", type=int, default=40, help="StepLR: multiply the rate by 0.1 every N epochs (default %(default)s)")
+    encoders.add_argument("--encoder-step", type=int, default=40, help="StepLR: the rate times 0.1 every N epochs (default %(default)s)")
     graphs = parser.add_argument_group("Graphs (SPELL: per session, sorted by time)")
-    graphs.add_argument("--block-size", type=int, default=2000, help="nodes per graph: each session's nodes are cut into blocks of this many (default %(default)s)")
-    graphs.add_argument("--time-edge", type=float, default=7.2, help="same-speaker nodes at most this many seconds apart are joined (default %(default)s)")
+    graphs.add_argument("--block-size", type=int, default=2000, help="nodes per graph, each session cut into blocks (default %(default)s)")
+    graphs.add_argument("--time-edge", type=float, default=7.2, help="seconds within which same-speaker nodes are joined (default %(default)s)")
     gnn = parser.add_argument_group("GNN (3 branches: EdgeConv -> shared SAGE -> SAGE; logits summed)")
     gnn.add_argument("--gnn-hidden", type=int, default=64, help="input projection and EdgeConv width (default %(default)s)")
     gnn.add_argument("--gnn-mid", type=int, default=16, help="width of the shared SAGE layer (default %(default)s)")
     gnn.add_argument("--dropout", type=float, default=0.2, help="dropout after the EdgeConv and the shared SAGE layer (default %(default)s)")
-    gnn.add_argument("--gnn-epochs", type=int, default=100, help="training epochs of the GNN, also the cosine schedule's T_max (default %(default)s)")
+    gnn.add_argument("--gnn-epochs", type=int, default=100, help="training epochs of the GNN, also the cosine schedule's length (default %(default)s)")
     gnn.add_argument("--gnn-batch-size", type=int, default=16, help="graphs (blocks) per global batch (default %(default)s)")
     gnn.add_argument("--gnn-lr", type=float, default=1e-3, help="Adam learning rate (default %(default)s)")
     train = parser.add_argument_group("Training")
-    train.add_argument("--select", default="macro_f1", choices=["macro_f1", "accuracy"], help="validation metric that picks each "
-                       "stage's checkpoint; macro-F1 because ~85%% of KEMDy20 is neutral (default %(default)s)")
+    train.add_argument("--select", default="macro_f1", choices=["macro_f1", "accuracy"], help="validation metric that picks each stage's checkpoint (default %(default)s)")
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for the encoders (default %(default)s)")
-    train.add_argument("--amp", action="store_true", help="bf16 autocast of the encoders' training forward pass (for CUDA; runs on the CPU too, slower)")
+    train.add_argument("--amp", action="store_true", help="bf16 autocast of the encoders' training forward pass (default: off)")
     run = parser.add_argument_group("Run")
-    run.add_argument("--out", help="run folder shared by all stages: give the same one to each --stage (default: a new runs/gnn/NNN)")
-    run.add_argument("--resume", action="store_true", help="continue an interrupted training stage from its *_last.pt; skip finished ones")
+    run.add_argument("--out", help="run folder shared by all stages (default: a new runs/gnn/NNN)")
+    run.add_argument("--resume", action="store_true", help="continue a training stage from its *_last.pt, skip finished ones (default: off)")
     add_logistics_args(parser)
     return parser
 
@@ -107,7 +103,7 @@ def load_cached(path, key):
             if "key" not in stored or str(stored["key"]) != json.dumps(key, sort_keys=True):
                 return None
             return {name: stored[name] for name in stored.files if name != "key"}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):  # cut short or corrupt: rebuilt
+    except UNREADABLE_ARRAY_ERRORS:  # cut short or corrupt: rebuilt
         print(f"{path}: unreadable cache, rebuilding it")
         return None
 
@@ -133,7 +129,7 @@ def prepare_nodes(args, run_dir):
             try:
                 with np.load(run_dir / "nodes.npz", allow_pickle=False) as stored:
                     return {name: stored[name] for name in stored.files if name != "key"}
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+            except UNREADABLE_ARRAY_ERRORS:
                 raise InputError(f"{run_dir / 'nodes.npz'}: unreadable (cut short?); give --data KEMDy20_DIR to rebuild it") from None
         raise InputError(f"{run_dir / 'nodes.npz'}: not built yet; give --data KEMDy20_DIR")
     key = {"data": str(Path(args.data).resolve()), "drop_neutral_ties": args.drop_neutral_ties, "frames": AUDIO_FRAMES}
@@ -156,7 +152,7 @@ def prepare_nodes(args, run_dir):
         mfcc_parts.append(coefficients)
         audio_offset[index] = (total, coefficients.shape[1])
         total += coefficients.shape[1]
-    atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
+    write_failures(run_dir, failures)
     if not mfcc_parts:
         raise InputError(f"{args.data}: no readable wav among the utterances with E4 samples (see {run_dir / 'failures.csv'})")
     keep = np.array([u in audio_offset for u in nodes["utterance"]])
@@ -202,11 +198,12 @@ def session_split(nodes, args, run_dir):
 
 def fit(name, *, model, train_model, optimizer, scheduler, loader, sampler, loss_of, evaluate, epochs, args, run_dir, dist, info):
     """Epochs of loss_of(batch) -> loss; rank 0 validates with evaluate() -> report, keeps the best as {name}.pt and
-    {name}_last.pt for --resume. Returns the best epoch."""
+    {name}_last.pt for --resume (the schedule depends on `epochs`: resuming with others is refused). Returns the best epoch."""
     start_epoch, best_score, best_epoch = 0, -1.0, -1
     last = run_dir / f"{name}_last.pt"
     if args.resume and last.is_file():
-        start_epoch, best_score, best_epoch = resume_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler)
+        start_epoch, best_score, best_epoch = resume_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler,
+                                                                    total_steps=epochs * len(loader))
         if start_epoch >= epochs:
             print(f"{name}: finished earlier (best epoch {best_epoch + 1}), kept")
     for epoch in range(start_epoch, epochs):
@@ -229,7 +226,7 @@ def fit(name, *, model, train_model, optimizer, scheduler, loader, sampler, loss
                 best_score, best_epoch = report[args.select], epoch
                 save_checkpoint(run_dir / f"{name}.pt", {"model": model.state_dict(), "epoch": epoch, **info})
             save_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-                                best_score=best_score, best_epoch=best_epoch)
+                                best_score=best_score, best_epoch=best_epoch, total_steps=epochs * len(loader))
             print(f"{name} epoch {epoch + 1}: loss {loss_sum / max(1, len(loader)):.3f}  val accuracy {report['accuracy']:.3f}  "
                   f"macro-F1 {report['macro_f1']:.3f}{'  *' if improved else ''}", flush=True)
         if dist.enabled:
@@ -285,11 +282,10 @@ def stage_encoders(nodes, split, args, run_dir, device, dist):
                                   drop_last=len(split["train"]) > args.encoder_batch_size)  # no 1-node batch for BatchNorm
     optimizer = torch.optim.Adam(model.parameters(), lr=args.encoder_lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.encoder_step, gamma=0.1)
-    scheduler.total_steps = args.encoder_epochs * len(loader)  # what common's --resume check compares
     train_model = DistributedDataParallel(model) if dist.enabled else model
 
     def loss_of(batch):
-        eda, temp, coefficients, labels = (part.to(device, non_blocking=True) for part in batch)
+        eda, temp, coefficients, labels = to_device(batch, device)
         with autocast(device, args.amp):
             logits, _ = train_model(eda, temp, coefficients)
         return sum(F.cross_entropy(head.float(), labels) for head in logits.values())  # four CEs on logits
@@ -396,7 +392,6 @@ def stage_gnn(nodes, split, features, graphs, args, run_dir, device, dist):
     loader, sampler = make_loader(Blocks(blocks["train"]), args.gnn_batch_size, args, dist, collate_fn=lambda b: b)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.gnn_lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.gnn_epochs)
-    scheduler.total_steps = args.gnn_epochs * len(loader)  # what common's --resume check compares
     train_model = DistributedDataParallel(model) if dist.enabled else model
 
     def loss_of(batch):

@@ -3,7 +3,7 @@
 
 1. Train the audio emotion probes on RAVDESS (emotion; arousal from intensity; valence from the emotion; split
    by actor) or on KEMDy20 utterances (a folder with annotation/ and wav/; split by session):
-    python train_highlight.py --train-probes --probe-data ../shared/data/ravdess-16k --out runs/highlight/probes
+    python train_highlight.py --train-probes --probe-data RAVDESS/ --out runs/highlight/probes
 2. Train on the AI-Hub layout (유튜브_<category>_<id>.mp4 + <stem>_<annotator>.json), multimodal and the
    two baselines (-mod a, -mod v); the default image encoder is ViT from a name or a local folder:
     python train_highlight.py --data AIHUB/ --probes runs/highlight/probes/probes.pt -mod av --out runs/highlight/av
@@ -30,7 +30,6 @@ probes, feature statistics and the validation-best threshold), last.pt (--resume
 test videos, against the OR of the annotators: F1 at 0.3 (the seed's) and at the validation-best threshold,
 AP, AUROC, and the all-positive F1 beside them; per category too.
 """
-import csv
 import hashlib
 import json
 import os
@@ -41,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from common import (InputError, add_logistics_args, argument_parser, atomic_write, barrier, best_f1_threshold,
-                    binary_report, broadcast_object, cleanup_distributed, global_mean, rank_share, setup_distributed,
-                    classification_report, format_table, keep_freed_memory, load_checkpoint, make_run_dir, progress, resolve_device,
-                    resume_training_state, run_main, save_checkpoint, save_training_state, seed_everything, write_json)
+from common import (InputError, add_logistics_args, argument_parser, barrier, best_f1_threshold, binary_report,
+                    broadcast_object, cleanup_distributed, global_mean, rank_share, setup_distributed, classification_report,
+                    format_table, keep_freed_memory, load_checkpoint, make_run_dir, progress, resolve_device, resume_training_state,
+                    run_main, save_checkpoint, save_training_state, seed_everything, to_device, write_failures, write_json)
 from models.highlight import EmotionProbe, FrameCNN, HighlightModel
 from preprocess.aihub import chunk_bounds, scan_aihub
 from preprocess.highlight_features import Encoders, extract, fit_length, iter_windows, probe_utterances, video_features, window_stats
@@ -60,48 +59,48 @@ ZERO_SHOT_FRACTION = 0.15  # AI-Hub highlights cover 5-25 % of a video
 def build_parser():
     parser = argument_parser(__doc__)
     data = parser.add_argument_group("Data")
-    data.add_argument("--data", help="AI-Hub folder: 유튜브_<category>_<id>.mp4 and <stem>_<annotator>.json label files, any depth")
-    data.add_argument("--label-agg", default="or", choices=["or", "mean"], help="training target per second: OR over annotators, or their mean (evaluation always uses OR) (default %(default)s)")
-    data.add_argument("--chunk-seconds", type=int, default=250, help="the temporal model sees chunks of this many seconds (default %(default)s)")
+    data.add_argument("--data", help="AI-Hub folder: 유튜브_<category>_<id>.mp4 and <stem>_<annotator>.json, any depth (default: none)")
+    data.add_argument("--label-agg", default="or", choices=["or", "mean"], help="training target per second over the annotators; evaluation uses or (default %(default)s)")
+    data.add_argument("--chunk-seconds", type=int, default=250, help="seconds per chunk the temporal model sees (default %(default)s)")
     data.add_argument("--val-per-category", type=int, default=1, help="videos per category held out for validation (default %(default)s)")
     data.add_argument("--test-per-category", type=int, default=1, help="videos per category held out for test (default %(default)s)")
     data.add_argument("--cache", default="cache/highlight", help="per-video feature cache (default %(default)s)")
     probes = parser.add_argument_group("Audio emotion probes")
-    probes.add_argument("--train-probes", action="store_true", help="train the probes on --probe-data and write probes.pt into --out")
-    probes.add_argument("--probe-data", help="RAVDESS folder, or KEMDy20 folder (annotation/ + wav/), for --train-probes")
-    probes.add_argument("--probe-val-actors", type=int, default=4, help="speaker groups (RAVDESS actors, KEMDy20 sessions; the last ones) held out to validate the probes (default %(default)s)")
-    probes.add_argument("--probe-epochs", type=int, default=150, help="full-batch epochs (default %(default)s)")
-    probes.add_argument("--probes", help="probes.pt from --train-probes; without it the audio features are log-mel statistics only")
+    probes.add_argument("--train-probes", action="store_true", help="train the probes on --probe-data, write probes.pt into --out (default: off)")
+    probes.add_argument("--probe-data", help="RAVDESS folder, or KEMDy20 folder (annotation/, wav/), for --train-probes (default: none)")
+    probes.add_argument("--probe-val-actors", type=int, default=4, help="last speaker groups (actors, sessions) held out to validate the probes (default %(default)s)")
+    probes.add_argument("--probe-epochs", type=int, default=150, help="full-batch epochs of the probes (default %(default)s)")
+    probes.add_argument("--probes", help="probes.pt from --train-probes (default: none, log-mel statistics only)")
     features = parser.add_argument_group("Features")
-    features.add_argument("--image-encoder", default="vit", choices=["vit", "cnn"], help="vit: pretrained, frozen, CLS feature; cnn: small CNN trained from scratch with the model (offline) (default %(default)s)")
+    features.add_argument("--image-encoder", default="vit", choices=["vit", "cnn"], help="vit: pretrained, frozen; cnn: trained with the model (default %(default)s)")
     features.add_argument("--image-model", default="google/vit-base-patch16-224-in21k", help="ViT name or local folder (default %(default)s)")
-    features.add_argument("--frame-size", type=int, default=64, help="cnn: centre-cropped frame side (vit uses its own image size) (default %(default)s)")
-    features.add_argument("--audio-model", help="wav2vec2 name or local folder: its per-second mean replaces the log-mel statistics")
-    features.add_argument("--speech-emotion-ckpt", help=f"train_av.py -mod a model.pt: per-second speech emotion features (--predict without --ckpt: {DEFAULT_SPEECH_CKPT} when present)")
-    features.add_argument("--speech-window", type=float, default=3.0, help="speech emotion window in s, centred on each hop (default %(default)s)")
+    features.add_argument("--frame-size", type=int, default=64, help="cnn: side of the centre-cropped frames (default %(default)s)")
+    features.add_argument("--audio-model", help="wav2vec2 name or local folder, replaces the log-mel statistics (default: none)")
+    features.add_argument("--speech-emotion-ckpt", help=f"train_av.py -mod a model.pt: speech emotion features (default: none; zero-shot predict: {DEFAULT_SPEECH_CKPT} if present)")
+    features.add_argument("--speech-window", type=float, default=3.0, help="speech emotion window in s (default %(default)s)")
     features.add_argument("--speech-hop", type=float, default=1.0, help="speech emotion window hop in s (default %(default)s)")
-    features.add_argument("--face-expression", help=f"mini-Xception weights: face presence and expression features (--predict without --ckpt: {DEFAULT_FACE_EXPRESSION} when present)")
+    features.add_argument("--face-expression", help=f"mini-Xception weights: face features (default: none; zero-shot predict: {DEFAULT_FACE_EXPRESSION} if present)")
     features.add_argument("--mtcnn", default="weights/mtcnn", help="MTCNN weights folder for faces (default %(default)s)")
     model = parser.add_argument_group("Model")
     model.add_argument("-mod", "--modalities", default="av", choices=["a", "v", "av"], help="audio, video or both (default %(default)s)")
     model.add_argument("--hidden", type=int, default=128, help="LSTM units per direction (default %(default)s)")
     model.add_argument("--layers", type=int, default=2, choices=[2, 3], help="bidirectional LSTM layers (default %(default)s)")
-    model.add_argument("--dropout", type=float, default=0.2, help="(default %(default)s)")
+    model.add_argument("--dropout", type=float, default=0.2, help="dropout rate (default %(default)s)")
     train = parser.add_argument_group("Training")
-    train.add_argument("--epochs", type=int, default=40, help="(default %(default)s)")
-    train.add_argument("--batch-size", type=int, default=8, help="global chunks per batch, split over the torchrun processes (default %(default)s)")
+    train.add_argument("--epochs", type=int, default=40, help="training epochs (default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=8, help="global chunks per batch, split over the processes (default %(default)s)")
     train.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default %(default)s)")
-    train.add_argument("--weight-decay", type=float, default=1e-2, help="(default %(default)s)")
+    train.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default %(default)s)")
     run = parser.add_argument_group("Run")
-    run.add_argument("--out", help="run folder (default: a new runs/highlight/NNN); for --predict the output folder")
-    run.add_argument("--resume", action="store_true", help="continue an interrupted training run from last.pt in --out (same flags)")
-    run.add_argument("--compare", nargs="+", metavar="RUN", help="print the test metrics of these run folders side by side")
-    run.add_argument("--predict", metavar="VIDEO", help="score every second of this video (with --ckpt, or zero-shot)")
-    run.add_argument("--ckpt", help="model.pt of a trained run, for --predict; without it the zero-shot emotional intensity")
+    run.add_argument("--out", help="run folder, or --predict's output folder (default: a new runs/highlight/NNN)")
+    run.add_argument("--resume", action="store_true", help="continue from last.pt in --out, same flags (default: off)")
+    run.add_argument("--compare", nargs="+", metavar="RUN", help="print the test metrics of these run folders side by side (default: none)")
+    run.add_argument("--predict", metavar="VIDEO", help="score every second of this video, with --ckpt or zero-shot (default: none)")
+    run.add_argument("--ckpt", help="model.pt of a trained run, for --predict (default: none, zero-shot)")
     run.add_argument("--threshold", type=float, help="--predict: score threshold (default: the checkpoint's validation-best)")
-    run.add_argument("--fraction", type=float, help=f"--predict: mark this fraction of the seconds (the highest scores) instead of a threshold (zero-shot default {ZERO_SHOT_FRACTION})")
-    run.add_argument("--top-k", type=int, help="--predict: keep the K segments with the highest mean score")
-    run.add_argument("--merge-gap", type=int, default=2, help="--predict: join segments separated by at most this many seconds (default %(default)s)")
+    run.add_argument("--fraction", type=float, help=f"--predict: mark this fraction of the highest-scored seconds instead (default: none; zero-shot {ZERO_SHOT_FRACTION})")
+    run.add_argument("--top-k", type=int, help="--predict: keep the K segments with the highest mean score (default: all)")
+    run.add_argument("--merge-gap", type=int, default=2, help="--predict: join segments at most this many seconds apart (default %(default)s)")
     run.add_argument("--min-segment", type=int, default=2, help="--predict: drop segments shorter than this many seconds (default %(default)s)")
     add_logistics_args(parser)
     return parser
@@ -114,6 +113,7 @@ def train_probes(args):
     speakers (RAVDESS actors, KEMDy20 sessions): the last --probe-val-actors groups."""
     if not args.probe_data:
         raise InputError("--train-probes needs --probe-data RAVDESS_OR_KEMDY20_DIR")
+    seed_everything(args.seed)
     class_names, utterances = probe_utterances(args.probe_data)
     groups = sorted({group for *_, group in utterances})
     if len(groups) <= args.probe_val_actors:
@@ -192,7 +192,7 @@ def score_video(model, features, stats, length, chunk_seconds):
     """Sigmoid score per second (length,), chunk by chunk."""
     model.eval()
     device = next(model.parameters()).device
-    scores = [torch.sigmoid(model(**{k: v.to(device) for k, v in collate([chunk_inputs(features, stats, start, end)]).items()})[0])
+    scores = [torch.sigmoid(model(**to_device(collate([chunk_inputs(features, stats, start, end)]), device))[0])
               for start, end in chunk_bounds(length, chunk_seconds)]
     return torch.cat(scores).cpu().numpy()
 
@@ -211,11 +211,6 @@ def split_videos(videos, args):
         if not split[part]:
             raise InputError(f"{args.data}: the {part} split is empty ({len(videos)} labelled videos)")
     return split
-
-
-def to_device(tensors, device):
-    """Host tensors -> device; page-locked first on CUDA so the copies are asynchronous."""
-    return {k: (v.pin_memory() if device.type == "cuda" else v).to(device, non_blocking=True) for k, v in tensors.items()}
 
 
 def train(args):
@@ -249,7 +244,7 @@ def train(args):
         except MediaError as error:
             failures.append((str(video.path), str(error)))
     if dist.is_main:
-        atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("file", "problem"), *failures]), binary=False)
+        write_failures(run_dir, failures)
     videos = [v for v in videos if v.stem in features]
     if not videos:
         raise InputError(f"{args.data}: no usable labelled videos (see {run_dir / 'failures.csv'})")

@@ -1,38 +1,42 @@
 """MELD text + audio + video emotion recognition (seed 003): trained on train, selected on dev, tested once.
 
 Text only, MiniLM sentence embeddings (`make weights` puts them in weights/all-MiniLM-L6-v2), no clips needed;
-frozen encoder (~5 min on one CPU thread), or fine-tuned for one epoch on train first (~8 min):
-    python train_meld.py --data ../shared/data/meld -mod t --text-encoder weights/all-MiniLM-L6-v2 --out runs/meld/text
-    python train_meld.py --data ../shared/data/meld -mod t --text-encoder weights/all-MiniLM-L6-v2 --text-finetune-epochs 1 --text-finetune-lr 1e-4 --epochs 10 --out runs/meld/text-ft
+frozen encoder, or fine-tuned for one epoch on train first:
+    python train_meld.py --data MELD/ -mod t --text-model weights/all-MiniLM-L6-v2 --out runs/meld/text
+    python train_meld.py --data MELD/ -mod t --text-model weights/all-MiniLM-L6-v2 --text-finetune-epochs 1 --text-finetune-lr 1e-4 --epochs 10 --out runs/meld/text-ft
 Six fine-tuned runs (seeds 0-5, each with its own bf16 fine-tuning, in member_1..6/) scored by their mean
-probabilities (dev weighted-F1 0.604 in 15.7 min on 2 AVX512-BF16 cores, README):
-    python train_meld.py --data ../shared/data/meld -mod t --text-encoder weights/all-MiniLM-L6-v2 --text-finetune-epochs 2 --text-finetune-lr 1e-4 --epochs 10 --amp --seed 0 --ensemble 6
+probabilities:
+    python train_meld.py --data MELD/ -mod t --text-model weights/all-MiniLM-L6-v2 --text-finetune-epochs 2 --text-finetune-lr 1e-4 --epochs 10 --amp --seed 0 --ensemble 6
 Text + audio + video with the released clips, wav2vec2 and ResNet-50 ImageNet weights from local folders:
-    python train_meld.py --data MELD.Raw/ -mod tav --text-encoder weights/all-MiniLM-L6-v2 --audio-model weights/wav2vec2-base-960h --video-weights weights/resnet50.pth
+    python train_meld.py --data MELD.Raw/ -mod tav --text-model weights/all-MiniLM-L6-v2 --audio-model weights/wav2vec2-base-960h --video-weights weights/resnet50.pth
 Per-utterance model (no dialogue context) with an SVM head fitted on the train features:
-    python train_meld.py --data DIR -mod ta --context none --svm --text-encoder weights/all-MiniLM-L6-v2
+    python train_meld.py --data DIR -mod ta --context none --svm --text-model weights/all-MiniLM-L6-v2
 A tiny synthetic tree in the real layout (clips included):
     python -m preprocess.fixtures meld data/demo/meld
 
 Several processes or GPUs (DDP; each global --batch-size batch of dialogues is split over the processes, the clip
 features are extracted in per-rank shards into the shared --cache first, rank 0 writes the run folder):
-    torchrun --nproc_per_node=2 train_meld.py --data DIR -mod tav --text-encoder weights/all-MiniLM-L6-v2
+    torchrun --nproc_per_node=2 train_meld.py --data DIR -mod tav --text-model weights/all-MiniLM-L6-v2
 
-Features are computed once by frozen encoders and cached in --cache (atomic .npy files): text = mean-pooled,
-L2-normalised sentence embedding (with --text-finetune-epochs, of an encoder first fine-tuned on the train
-split only); audio = wav2vec2 mean (with --audio-model) + 25 MFCC means + 5 prosody values; video = the
-10 frames of highest grayscale-histogram entropy (kept in time order) -> ResNet-50, mean over the frames
-(2048-d; random init without --video-weights). Missing or undecodable clips are skipped and listed in
-failures.csv; a split without its CSV is skipped with a message (test is optional). Features are
-standardised with train statistics. Model: per-modality BiLSTM over a dialogue's utterances (--context
-dialogue) or each utterance alone (--context none), multi-head attention over the modality tokens, Linear -> 7,
-class-weighted cross-entropy. Outputs in --out (default runs/meld/NNN): args.json, split.json, failures.csv,
-model.pt (best dev weighted-F1), last.pt (--resume), predictions.npz ({dev,test}_probabilities and _keys),
-metrics.json {"dev": ..., "test": ...[, "svm": ...]}; with --ensemble N those files per member in member_K/, and a
-top-level metrics.json {"members": [...], "dev": ..., "test": ...} of the mean of the members' probabilities.
+--data holds {train,dev}_sent_emo.csv (test_sent_emo.csv optional) and, for -mod a/v, the clip folders
+train_splits/, dev_splits_complete/, output_repeated_splits_test/. Features are computed once by frozen encoders
+and cached in --cache (atomic .npy files): text = mean-pooled, L2-normalised sentence embedding (with
+--text-finetune-epochs, of an encoder first fine-tuned on the train split only, through a temporary linear head
+and class-weighted cross-entropy; with --text-context N, the previous N utterances as 'Speaker: text' after [SEP]
+are seen by the attention but not pooled); audio = wav2vec2 mean (with --audio-model) + 25 MFCC means + 5 prosody
+values; video = the 10 frames of highest grayscale-histogram entropy (kept in time order) -> ResNet-50, mean over
+the frames (2048-d; random init without --video-weights). --amp runs the text fine-tuning and the encoders in
+bf16 (their own cache entries); the dialogue model always trains in float32. Missing or undecodable clips are
+skipped and listed in failures.csv; a split without its CSV is skipped with a message (test is optional).
+Features are standardised with train statistics. Model: per-modality BiLSTM over a dialogue's utterances
+(--context dialogue) or each utterance alone (--context none), multi-head attention over the modality tokens,
+Linear -> 7, class-weighted cross-entropy. Outputs in --out (default runs/meld/NNN): args.json, split.json,
+failures.csv, model.pt (best dev weighted-F1), last.pt (--resume), predictions.npz ({dev,test}_probabilities and
+_keys), metrics.json {"dev": ..., "test": ...[, "svm": ...]}; with --ensemble N (seeds --seed .. --seed+N-1, --svm
+per member only) those files per member in member_K/, and a top-level metrics.json {"members": [...], "dev": ...,
+"test": ...} of the mean of the members' probabilities.
 """
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -45,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 from common import (InputError, add_logistics_args, argument_parser, atomic_write, autocast, barrier, broadcast_object,
                     classification_report, cleanup_distributed, format_table, global_mean, rank_share, setup_distributed,
                     keep_freed_memory, load_checkpoint, make_run_dir, progress, resolve_device, resume_training_state, run_main,
-                    save_checkpoint, save_training_state, seed_everything, write_json)
+                    save_checkpoint, save_training_state, seed_everything, to_device, write_failures, write_json)
 from models.meld_emotion import FrameEncoder, MELDEmotionClassifier, SentenceEncoder, Wav2Vec2Mean
 from preprocess.cache import cached_array
 from preprocess.features import mfcc, prosody
@@ -61,43 +65,39 @@ CLASS_WEIGHTS = {"none": lambda counts: np.ones(len(counts)),
 def build_parser():
     parser = argument_parser(__doc__)
     data = parser.add_argument_group("Data")
-    data.add_argument("--data", required=True, help="MELD folder: {train,dev}_sent_emo.csv (test_sent_emo.csv optional) and, for -mod a/v, the clip folders train_splits/, dev_splits_complete/, output_repeated_splits_test/")
-    data.add_argument("--cache", default="cache/meld", help="folder for cached feature arrays, reused across runs (default %(default)s)")
+    data.add_argument("--data", required=True, help="MELD folder: the split CSVs and, for -mod a/v, their clip folders (required)")
+    data.add_argument("--cache", default="cache/meld", help="folder of cached feature arrays, reused across runs (default %(default)s)")
     features = parser.add_argument_group("Features (frozen encoders, computed once)")
-    features.add_argument("--text-encoder", help="local folder of a transformers sentence encoder (needed for t), e.g. weights/all-MiniLM-L6-v2 from `make weights`")
-    features.add_argument("--text-finetune-epochs", type=int, default=0, help="first fine-tune the text encoder for N epochs on the train split (temporary linear head, class-weighted CE), then cache its embeddings; 0 = frozen (default %(default)s)")
+    features.add_argument("--text-model", help="local folder of a transformers sentence encoder, needed for t (default: none)")
+    features.add_argument("--text-finetune-epochs", type=int, default=0, help="fine-tune the text encoder on train for N epochs first, 0 = frozen (default %(default)s)")
     features.add_argument("--text-finetune-lr", type=float, default=5e-5, help="AdamW learning rate of that fine-tuning, linear decay (default %(default)s)")
-    features.add_argument("--text-context", type=int, default=0, help="encode each utterance together with the previous N utterances of its dialogue (as 'Speaker: text' after [SEP]; "
-                          "attention sees them, only the utterance's own tokens are pooled); 0 = the utterance alone (default %(default)s)")
-    features.add_argument("--text-max-length", type=int, default=128, help="tokens per utterance, longer ones are cut (default %(default)s)")
-    features.add_argument("--audio-model", help="local wav2vec2 folder (e.g. wav2vec2-base-960h); adds its 768-d mean to the 25 MFCC means + 5 prosody values")
-    features.add_argument("--video-weights", help="torchvision ResNet-50 ImageNet state dict (.pth or folder with resnet50*.pth); a seeded random ResNet-50 without it")
-    features.add_argument("--amp", action="store_true", help="bf16 autocast of the text fine-tuning's forward pass and of the encoders (text, wav2vec2, ResNet-50) while "
-                          "features are cached, under their own cache key; for CUDA and for CPUs with AVX512-BF16 or AMX (MiniLM fine-tuning 1.75x faster on an AVX512-BF16 EPYC; "
-                          "slower on CPUs without). The small dialogue model trains in float32")
+    features.add_argument("--text-context", type=int, default=0, help="previous utterances of the dialogue encoded with each one (default %(default)s)")
+    features.add_argument("--text-max-len", type=int, default=128, help="tokens per utterance, longer ones are cut (default %(default)s)")
+    features.add_argument("--audio-model", help="local wav2vec2 folder, adds its mean to the MFCC and prosody values (default: none)")
+    features.add_argument("--video-weights", help="torchvision ResNet-50 ImageNet weights, .pth file or folder (default: seeded random init)")
+    features.add_argument("--amp", action="store_true", help="bf16 autocast of the text fine-tuning and the feature encoders (default: off)")
     features.add_argument("--video-fps", type=float, default=4.0, help="frames sampled per second before the entropy ranking (default %(default)s)")
     features.add_argument("--video-frames", type=int, default=10, help="frames of highest grayscale entropy kept per clip (default %(default)s)")
-    features.add_argument("--frame-size", type=int, default=224, help="frames resized (shorter side) and centre-cropped to this square (default %(default)s)")
+    features.add_argument("--frame-size", type=int, default=224, help="side of the resized, centre-cropped square frames (default %(default)s)")
     model = parser.add_argument_group("Model")
     model.add_argument("-mod", "--modalities", default="t", choices=MODALITIES, help="t(ext), a(udio), v(ideo) or any combination (default %(default)s)")
-    model.add_argument("--context", default="dialogue", choices=["dialogue", "none"], help="BiLSTM over the utterances of a dialogue, or over each utterance alone (default %(default)s)")
+    model.add_argument("--context", default="dialogue", choices=["dialogue", "none"], help="BiLSTM over a dialogue's utterances, or each alone (default %(default)s)")
     model.add_argument("--hidden", type=int, default=256, help="BiLSTM units per direction (default %(default)s)")
-    model.add_argument("--d-model", type=int, default=512, help="width of the modality tokens and of the attention (default %(default)s)")
+    model.add_argument("--d-model", type=int, default=512, help="width of the modality tokens and the attention (default %(default)s)")
     model.add_argument("--heads", type=int, default=8, help="attention heads (default %(default)s)")
-    model.add_argument("--dropout", type=float, default=0.3, help="(default %(default)s)")
-    model.add_argument("--svm", action="store_true", help="also fit an SVM (scikit-learn SVC) on the fused train-set vectors of the selected model and report it under 'svm'")
+    model.add_argument("--dropout", type=float, default=0.3, help="dropout rate (default %(default)s)")
+    model.add_argument("--svm", action="store_true", help="also fit an SVM on the selected model's fused train vectors, reported under svm (default: off)")
     model.add_argument("--svm-c", type=float, default=1.0, help="SVM regularisation C (default %(default)s)")
     train = parser.add_argument_group("Training")
-    train.add_argument("--epochs", type=int, default=20, help="(default %(default)s)")
-    train.add_argument("--batch-size", type=int, default=16, help="global sequences per batch: dialogues, or utterances with --context none; split over the torchrun processes (default %(default)s)")
-    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW with a one-cycle schedule (default %(default)s)")
-    train.add_argument("--weight-decay", type=float, default=1e-2, help="(default %(default)s)")
-    train.add_argument("--class-weights", default="sqrt", choices=sorted(CLASS_WEIGHTS), help="cross-entropy class weights from train counts: inverse frequency, its square root, or none (default %(default)s)")
+    train.add_argument("--epochs", type=int, default=20, help="training epochs (default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=16, help="global dialogues (utterances with --context none) per batch (default %(default)s)")
+    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW, one-cycle schedule (default %(default)s)")
+    train.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default %(default)s)")
+    train.add_argument("--class-weights", default="sqrt", choices=sorted(CLASS_WEIGHTS), help="cross-entropy class weights from the train counts (default %(default)s)")
     run = parser.add_argument_group("Run")
     run.add_argument("--out", help="run folder (default: a new runs/meld/NNN)")
-    run.add_argument("--ensemble", type=int, default=1, help="N > 1: N complete runs (fine-tuning included) with seeds --seed .. --seed+N-1 in --out/member_K/, "
-                     "scored by the mean of their class probabilities; --svm is reported per member only (default %(default)s)")
-    run.add_argument("--resume", action="store_true", help="continue from last.pt in --out (each member's, with --ensemble; same flags as the interrupted run)")
+    run.add_argument("--ensemble", type=int, default=1, help="N > 1: N runs with seeds --seed.., scored by their mean probabilities (default %(default)s)")
+    run.add_argument("--resume", action="store_true", help="continue from last.pt in --out, same flags (default: off)")
     add_logistics_args(parser, default_seed=3)
     return parser
 
@@ -136,10 +136,10 @@ class TextFeatures:
     --text-finetune-epochs the encoder is first fine-tuned on the train split's texts and labels only."""
 
     def __init__(self, splits, args, device):
-        if not args.text_encoder:
-            raise InputError("-mod with t needs --text-encoder DIR (run `make weights` for weights/all-MiniLM-L6-v2)")
+        if not args.text_model:
+            raise InputError("-mod with t needs --text-model DIR (run `make weights` for weights/all-MiniLM-L6-v2)")
         self.train, self.args, self.device, self.encoder = splits["train"], args, device, None
-        self.settings = {"text_encoder": file_fingerprint(args.text_encoder), "max_length": args.text_max_length}
+        self.settings = {"text_encoder": file_fingerprint(args.text_model), "max_length": args.text_max_len}
         if args.text_context:
             self.settings["context"] = args.text_context
         if args.amp:
@@ -149,7 +149,7 @@ class TextFeatures:
                                          "class_weights": args.class_weights, "train_csv": file_fingerprint(Path(args.data) / SPLIT_CSV["train"])}
 
     def build_encoder(self):
-        encoder = SentenceEncoder(self.args.text_encoder, device=self.device, max_length=self.args.text_max_length)
+        encoder = SentenceEncoder(self.args.text_model, device=self.device, max_length=self.args.text_max_len)
         if self.args.text_finetune_epochs:
             labels = [EMOTIONS.index(u.emotion) for u in self.train]
             weights = torch.tensor(CLASS_WEIGHTS[self.args.class_weights](np.bincount(labels, minlength=len(EMOTIONS))), dtype=torch.float32)
@@ -310,8 +310,7 @@ def make_batch(split, index_lists, modalities, device):
         for m in modalities:
             features[m][row, :len(indices)] = split[m][indices]
     keys = [[split["utterances"][i].key for i in indices] for indices in index_lists]
-    return ({m: f.to(device, non_blocking=True) for m, f in features.items()}, lengths.to(device), labels.to(device, non_blocking=True),
-            keys)
+    return (*to_device((features, lengths, labels), device), keys)
 
 
 def global_batches(sequence_count, args, dist):
@@ -370,7 +369,7 @@ def fit_member(splits, csv_problems, args, run_dir, device, dist):
     data, failures = build_features(splits, args, device, show=dist.is_main)
     failures = csv_problems + failures
     if dist.is_main:
-        atomic_write(run_dir / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
+        write_failures(run_dir, failures)
         if failures:
             print(f"{len(failures)} utterance(s) skipped for missing or unreadable clips, listed in {run_dir / 'failures.csv'}")
         write_json(run_dir / "split.json", {split: [u.key for u in part["utterances"]] for split, part in data.items()})

@@ -37,11 +37,11 @@ def median_ms(runs, repeats, warmup=3):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seq-len", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=256, help="also the input size")
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
+    parser.add_argument("--seq-len", type=int, default=100, help="time steps T (default %(default)s)")
+    parser.add_argument("--batch", type=int, default=32, help="sequences per batch B (default %(default)s)")
+    parser.add_argument("--hidden", type=int, default=256, help="hidden and input size (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs, the median counts (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads, 0 = torch's default (default %(default)s)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -80,9 +80,9 @@ def best_times(functions, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", required=True, help="an RGB photo with at least one face")
+    parser.add_argument("--image", required=True, help="an RGB photo with at least one face (required)")
     parser.add_argument("--weights", default="weights/mtcnn", help="folder with pnet.pt, rnet.pt, onet.pt (default %(default)s)")
-    parser.add_argument("--reference", help="an unzipped facenet-pytorch wheel (folder holding facenet_pytorch/) to compare against")
+    parser.add_argument("--reference", help="an unzipped facenet-pytorch wheel to compare against (default: none)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs, best kept (default %(default)s)")
     args = parser.parse_args()

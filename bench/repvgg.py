@@ -26,7 +26,7 @@ def main():
     parser.add_argument("--batch", type=int, default=64, help="faces per forward pass (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=10, help="timed passes per model (default %(default)s)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default (default %(default)s)")
-    parser.add_argument("--device", default="cpu", help="(default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -38,12 +38,12 @@ def scripts(work, device):
                       [["train_highlight.py", "--train-probes", "--probe-data", data / "ravdess", "--out", work / "probes"]],
                       ["train_highlight.py", "--data", data / "aihub", "--probes", work / "probes" / "probes.pt", "-mod", "av",
                        "--image-encoder", "cnn", "--cache", work / "cache" / "highlight", "--epochs", "{epochs}", *cpu, "--out", "{out}"]),
-        "meld": (["meld"], [], ["train_meld.py", "--data", data / "meld", "-mod", "tav", "--text-encoder", MINILM, "--frame-size", "64",
+        "meld": (["meld"], [], ["train_meld.py", "--data", data / "meld", "-mod", "tav", "--text-model", MINILM, "--frame-size", "64",
                                 "--cache", work / "cache" / "meld", "--epochs", "{epochs}", *cpu, "--out", "{out}"]),
         "gnn": (["kemdy20"], [], ["train_gnn.py", "--data", data / "kemdy20", "--stage", "all", "--val-sessions", "4", "--test-sessions", "5",
                                   "--encoder-width", "8", "--encoder-epochs", "3", "--encoder-batch-size", "32", "--block-size", "32",
                                   "--gnn-epochs", "{epochs}", *cpu, "--out", "{out}"]),
-        "fv2es": (["iemocap"], [], ["train_fv2es.py", "-lr", "1e-3", "-mod", "tav", "--datapath", data / "iemocap" / "processed",
+        "fv2es": (["iemocap"], [], ["train_fv2es.py", "-lr", "1e-3", "-mod", "tav", "--data", data / "iemocap" / "processed",
                                     "--text-model", MINILM, "--audio-size", "tiny", "--trans-dim", "32", "--trans-nlayers", "1", "-bs", "6",
                                     "--cache", work / "cache" / "fv2es", "-ep", "{epochs}", *cpu, "--out", "{out}"]),
     }
@@ -71,7 +71,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(UNITS), help="these scripts only (default: all five)")
     parser.add_argument("--extra-epochs", type=int, default=4, help="epochs the second run adds (default %(default)s)")
-    parser.add_argument("--device", default="cpu", help="(default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="the scripts' --device (default %(default)s)")
     args = parser.parse_args()
     work = Path(tempfile.gettempdir()) / "bench_throughput"
     jobs = scripts(work, args.device)

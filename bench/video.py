@@ -23,7 +23,7 @@ import av
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from preprocess.fixtures import write_video  # noqa: E402
+from preprocess.fixtures.writers import write_video  # noqa: E402
 from preprocess.media import iter_frames, load_audio, probe  # noqa: E402
 
 
@@ -91,7 +91,7 @@ def best_seconds(functions, path, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--video", type=Path, help="video to time (default: the generated 60-s 720p30 clip)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each, the best counts (default %(default)s)")
     args = parser.parse_args()
 
     video = args.video

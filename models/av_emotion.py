@@ -94,8 +94,8 @@ class MelEncoder(nn.Module):
 def standardise_log_mels(log_mels, frame_counts, *, per_bin):
     """log-mels (B, M, F) standardised over each clip's real frames; padding stays exactly 0. per_bin: each mel
     bin by its own mean and std (CMVN: removes the clip's average spectrum, i.e. a speaker's steady spectral tilt and
-    formant colouring and the recording channel; no better on RAVDESS 5-fold by actor, README); otherwise one mean
-    and std per clip over all bins (removes only the gain, keeps the spectral shape)."""
+    formant colouring and the recording channel); otherwise one mean and std per clip over all bins (removes only
+    the gain, keeps the spectral shape)."""
     real = (~padding_mask(frame_counts, log_mels.shape[-1]))[:, None, :].to(log_mels.dtype).expand_as(log_mels)
     axes = 2 if per_bin else (1, 2)
     count = real.sum(axes, keepdim=True)

@@ -38,7 +38,7 @@ class SentenceEncoder:
 
     def __init__(self, model_dir, *, device="cpu", max_length=128):
         from transformers import AutoModel, AutoTokenizer
-        model_dir = _local_model_dir(model_dir, "--text-encoder", "run `make weights` for weights/all-MiniLM-L6-v2")
+        model_dir = _local_model_dir(model_dir, "--text-model", "run `make weights` for weights/all-MiniLM-L6-v2")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModel.from_pretrained(model_dir).eval().to(device)
         self.device, self.max_length = device, max_length

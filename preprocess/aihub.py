@@ -1,12 +1,14 @@
-"""AI-Hub "video content highlight editing" layout -> one record per video with per-second labels, and
-`make_aihub`, the synthetic demo set in that layout.
+"""AI-Hub "video content highlight editing" layout -> one record per video with per-second labels.
 
-Videos are `유튜브_<category>_<id>.mp4` (any depth); each annotator's labels are a JSON file beside it,
-`<video_stem>_<annotatorId>.json`, holding `metadata` {file_name, annotator_id, length (s), type,
-quality, date, license, class_code 1-8} and `timelines` [{id, start, end (whole seconds, end inclusive),
-attributes {place, action, emotion, relationship}}]. Dataset sanity rules: start <= end < length and
-highlights cover 5-25% of a video. A timeline that breaks the first rule is dropped and reported; a
-coverage outside 5-25% is only reported. Names are compared in Unicode NFC (macOS writes NFD).
+Videos are `유튜브_<category>_<id>.mp4` (any depth, linked folders followed); each annotator's labels are a JSON
+file beside it, `<video_stem>_<annotatorId>.json`, holding `metadata` {file_name, annotator_id, length (s), type,
+quality, date, license, class_code (integer 1-8)} and `timelines` [{id, start, end (whole seconds, end inclusive),
+attributes {place 1-21, action 1-65, emotion 1-7, relationship 1-12 (integer codes)}}]. The category is the file
+name's, or class_code's when the name has none of the eight. Dataset sanity rules: start <= end < length and
+highlights cover 5-25% of a video. A timeline whose end reaches the video's end (end = length, or past the last
+second) is clipped to the last second, as the seed's loader does, and reported; one that starts outside the video
+or ends before it starts is dropped and reported; a coverage outside 5-25% is only reported. Names are compared in
+Unicode NFC (macOS writes NFD).
 """
 import json
 import math
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common import InputError
+from preprocess.tree import walk_files
 
 CATEGORIES = {"기타": "Others", "반려동물및동물": "PetsAndAnimals", "스타일링및뷰티": "StylingAndBeauty",
               "스포츠": "Sports", "여행": "Travel", "음식": "Food", "일상": "DailyLife", "자동차": "Automobile"}
@@ -65,16 +68,33 @@ def parse_label_file(path):
         raise InputError(f"{path}: not an AI-Hub label file ({type(error).__name__}: {error})") from None
     if not 0 < length <= MAX_LENGTH_S:  # also NaN; a huge claim would allocate labels for it
         raise InputError(f"{path}: metadata length {metadata['length']!r} is not a video length in seconds (0 < length <= {MAX_LENGTH_S})")
-    spans, problems = [], []
+    spans, problems, last_second = [], [], math.ceil(length) - 1
     for timeline_id, start, end in timelines:
-        if not 0 <= start <= end < length:
-            problems.append(f"timeline {timeline_id}: start {start}, end {end} breaks 0 <= start <= end < length {length:g}; dropped")
-        else:
-            spans.append((start, end))
+        if not 0 <= start <= end or start > last_second:
+            problems.append(f"timeline {timeline_id}: start {start}, end {end} is no span of the video (0 <= start <= end, "
+                            f"start <= last second {last_second}); dropped")
+            continue
+        if end > last_second:
+            problems.append(f"timeline {timeline_id}: end {end} reaches the end of the video (length {length:g}); clipped to its "
+                            f"last second {last_second}")
+            end = last_second
+        spans.append((start, end))
     covered = len({s for start, end in spans for s in range(start, end + 1)}) / max(length, 1e-9)
     if not COVERAGE_RANGE[0] <= covered <= COVERAGE_RANGE[1]:
         problems.append(f"highlights cover {covered:.0%} of the video (the dataset's rule is 5-25%); kept")
     return metadata, spans, problems
+
+
+def video_category(video_stem, class_code):
+    """(Korean category, problem or None): the file name's category when it is one of the eight, else class_code's
+    (an integer 1-8; a decimal string is read too), else the name's or 'unknown'."""
+    match = NAME_PATTERN.match(video_stem)
+    named = match["category"] if match else None
+    coded = CATEGORY_BY_CODE.get(int(str(class_code).strip())) if str(class_code).strip().isdecimal() else None
+    if named in CATEGORIES:
+        mismatch = coded is not None and coded != named
+        return named, f"class_code {class_code} is {coded} but the file name says {named}; the name kept" if mismatch else None
+    return coded or named or "unknown", None
 
 
 def scan_aihub(root):
@@ -83,7 +103,7 @@ def scan_aihub(root):
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: AI-Hub folder not found")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = walk_files(root)
     videos = {nfc(p.stem): p for p in files if p.suffix.lower() in VIDEO_SUFFIXES}
     records, problems = {}, []
     for label_path in (p for p in files if p.suffix.lower() == ".json"):
@@ -98,8 +118,8 @@ def scan_aihub(root):
             continue
         problems += [(label_path, reason) for reason in label_problems]
         if video_stem not in records:
-            match = NAME_PATTERN.match(video_stem)
-            category = match["category"] if match else CATEGORY_BY_CODE.get(int(code) if str(code := metadata.get("class_code")).isdecimal() else 0, "unknown")
+            category, problem = video_category(video_stem, metadata.get("class_code"))
+            problems += [(label_path, problem)] if problem else []
             records[video_stem] = Video(video_stem, videos[video_stem], category, float(metadata["length"]))
         record = records[video_stem]
         if abs(record.length_s - float(metadata["length"])) > 1.0:
@@ -112,86 +132,3 @@ def scan_aihub(root):
 def chunk_bounds(length, chunk_seconds):
     """[(start, end)] covering range(length) in chunks of chunk_seconds (the last may be shorter)."""
     return [(start, min(start + chunk_seconds, length)) for start in range(0, max(1, length), chunk_seconds)]
-
-
-# -------------------------------------------------------------------------------- the demo fixture
-
-def make_aihub(out_dir, *, seed=0, categories=tuple(CATEGORIES), videos_per_category=4, annotators=3,
-               duration_s=40, fps=8, height=64, width=80, sample_rate=16000):
-    """Synthetic AI-Hub layout: per category `videos_per_category` videos 유튜브_<category>_<id>.mp4
-    (h264 + AAC) and `annotators` label files each. Returns the sorted list of files written.
-
-    Planted signal, so that only both modalities separate highlights fully. Each video holds three kinds
-    of 3-5 s events at random non-overlapping places: highlights (2), audio decoys (2), visual decoys (2).
-    - audio cue (highlights and audio decoys): a loud 745 Hz tone with its 2nd harmonic (the "surprised,
-      strong" voice of the RAVDESS fixture); otherwise a quiet 220-260 Hz hum; white noise throughout.
-    - visual cue (highlights and visual decoys): a magenta square in the centre; otherwise only the
-      video's own background hue (random per video) with per-frame noise.
-    Audio alone or video alone therefore reach precision 1/2 at best (F1 ~0.67); both reach F1 1.
-    Annotator k marks highlight k mod 2 and each other one with probability 1/2, so a single annotator
-    often misses one while the union (OR) of two or more recovers them all.
-    """
-    from preprocess.fixtures import hue_rgb, solid_frame, tone, write_video
-    out_dir = Path(out_dir)
-    written = []
-    for category_index, category in enumerate(categories):
-        for number in range(1, videos_per_category + 1):
-            rng = np.random.default_rng([seed, category_index, number])
-            events = _place_events(rng, duration_s, kinds=("highlight", "highlight", "audio", "audio", "visual", "visual"))
-            audio_on = np.zeros(duration_s, bool)
-            visual_on = np.zeros(duration_s, bool)
-            for kind, start, end in events:
-                audio_on[start:end + 1] |= kind in ("highlight", "audio")
-                visual_on[start:end + 1] |= kind in ("highlight", "visual")
-            hum = tone(rng.uniform(220, 260), duration_s, sample_rate, amplitude=0.08)
-            cue = tone(745, duration_s, sample_rate, amplitude=0.35) + tone(1490, duration_s, sample_rate, amplitude=0.12)
-            on = np.repeat(audio_on, sample_rate)[:len(hum)]
-            wave = np.where(on, cue, hum) + rng.normal(0.0, 0.03, len(hum))
-            background = hue_rgb(rng.uniform(0, 360), saturation=0.4, value=0.6)
-            plain = solid_frame(height, width, background)
-            marked = plain.copy()
-            side = height // 2
-            marked[(height - side) // 2:(height + side) // 2, (width - side) // 2:(width + side) // 2] = (230, 40, 220)
-
-            def frames(visual_on=visual_on, plain=plain, marked=marked, rng=rng):
-                for index in range(duration_s * fps):
-                    base = marked if visual_on[index // fps] else plain
-                    yield np.clip(base + rng.normal(0.0, 6.0, base.shape), 0, 255).astype(np.uint8)
-
-            stem = f"유튜브_{category}_{number:04d}"
-            folder = out_dir / category
-            written.append(write_video(folder / f"{stem}.mp4", frames(), fps=fps, audio=np.clip(wave, -1, 1),
-                                       sample_rate=sample_rate, crf=28, audio_bit_rate=48000))
-            highlights = [(start, end) for kind, start, end in events if kind == "highlight"]
-            for annotator in range(1, annotators + 1):
-                chosen = [span for k, span in enumerate(highlights) if k == annotator % len(highlights) or rng.random() < 0.5]
-                written.append(_write_label(folder / f"{stem}_{annotator:03d}.json", stem, annotator, duration_s,
-                                            list(CATEGORIES).index(category) + 1 if category in CATEGORIES else 1, chosen))
-    return sorted(written)
-
-
-def _place_events(rng, duration_s, *, kinds, min_len=3, max_len=5, gap=1):
-    """[(kind, start, end)] in random order, non-overlapping, at least `gap` seconds apart."""
-    lengths = rng.integers(min_len, max_len + 1, len(kinds))
-    free = duration_s - int(lengths.sum()) - gap * (len(kinds) + 1)
-    if free < 0:
-        raise ValueError(f"duration_s {duration_s} is too short for {len(kinds)} events")
-    extra_gaps = np.diff(np.concatenate([[0], np.sort(rng.integers(0, free + 1, len(kinds)))]))
-    order = rng.permutation(len(kinds))
-    events, position = [], gap
-    for slot, (length, extra) in enumerate(zip(lengths, extra_gaps)):
-        start = position + int(extra)
-        events.append((kinds[order[slot]], start, start + int(length) - 1))
-        position = start + int(length) + gap
-    return events
-
-
-def _write_label(path, stem, annotator, duration_s, class_code, spans):
-    payload = {"metadata": {"file_name": f"{stem}.mp4", "annotator_id": f"{annotator:03d}", "length": float(duration_s),
-                            "type": "video", "quality": "FHD", "date": "2021-09-01", "license": "synthetic",
-                            "class_code": class_code},
-               "timelines": [{"id": k + 1, "start": start, "end": end,
-                              "attributes": {"place": "실내", "action": "기타", "emotion": "기쁨", "relationship": "없음"}}
-                             for k, (start, end) in enumerate(spans)]}
-    path.write_text(json.dumps(payload, ensure_ascii=False, indent=1), encoding="utf-8")
-    return path

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import atomic_write
+from common import UNREADABLE_ARRAY_ERRORS, atomic_write
 
 
 def cache_path(cache_dir, source, settings):
@@ -28,7 +28,7 @@ def ensure_cached(cache_dir, source, settings, compute):
         try:
             np.load(path, mmap_mode="r", allow_pickle=False)  # parses the header and checks the size
             return path
-        except (OSError, ValueError, EOFError):
+        except UNREADABLE_ARRAY_ERRORS:
             pass  # corrupt entry: rebuild below
     array = np.ascontiguousarray(compute())
     atomic_write(path, lambda file: np.save(file, array, allow_pickle=False))

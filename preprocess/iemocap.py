@@ -1,9 +1,9 @@
-"""IEMOCAP for FV2ES: raw release -> processed layout, the processed-layout reader the trainer uses (IEMOCAP and
-CMU-MOSEI), hand-crafted features for the lf_* baselines, and `make_iemocap`, a tiny raw + processed fixture.
+"""IEMOCAP for FV2ES: raw release -> the processed layout train_fv2es.py reads (written with preprocess.fv2es_layout,
+read by preprocess.fv2es_reader), and leave-one-session-out splits.
 
     python -m preprocess.iemocap RAW_DIR OUT_DIR [--img-interval 500] [--image-size 224]
 
-Raw (as released): RAW_DIR/Session{1..5}/dialog/
+Raw (as released; a Session folder may be a symbolic link): RAW_DIR/Session{1..5}/dialog/
     EmoEvaluation/<dialog>.txt       lines `[start - end]<TAB>utt_id<TAB>label<TAB>[V, A, D]`
     transcriptions/<dialog>.txt      lines `utt_id [start-end]: text`
     avi/DivX/<dialog>.avi            720x480, the two speakers side by side
@@ -24,31 +24,16 @@ utterance gets the grid times in [start, end), or the first one at or after star
 neu, sad are kept. Speaker side: L when the session's gender letter (Ses01F) equals the speaker's (_F000).
 """
 import argparse
-import csv
-import json
-import math
-import pickle
 import re
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile
-import torch
-import torchaudio
 
-from common import InputError, atomic_write, progress, write_json
-from preprocess.features import log_mel, mfcc
-from preprocess.media import load_audio
-from preprocess.mtcnn import FaceCropper
-from preprocess.timeline import iter_segments
+from common import InputError, atomic_write, progress, write_failures, write_json
+from preprocess.fv2es_layout import (LAYOUT, frames_for_segments, load_channels, make_cropper, square_jpeg, write_hcf,
+                                     write_split, write_wave)
 
 EMOTIONS = ("ang", "exc", "fru", "hap", "neu", "sad")
-MOSEI_EMOTIONS = ("anger", "disgust", "fear", "happy", "sad", "surprise")
-HCF_SIZES = (300, 144, 35)  # text, audio, visual
-LAYOUT = {"iemocap": ("IEMOCAP_RAW_PROCESSED", "IEMOCAP_SPLIT", "IEMOCAP_HCF_FEATURES"),
-          "mosei": ("MOSEI_RAW_PROCESSED", "MOSEI_SPLIT", "MOSEI_HCF_FEATURES")}
 LABEL_LINE = re.compile(r"^\[(\d+(?:\.\d+)?) - (\d+(?:\.\d+)?)\]\t(\S+)\t(\S+)")
 TEXT_LINE = re.compile(r"^(\S+) \[(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)\]: ?(.*)$")
 
@@ -60,95 +45,6 @@ def speaker_side(utt_id):
 
 def session_of(utt_id):
     return int(utt_id[3:5])
-
-
-# ---------------------------------------------------------------- shared by both preprocessors
-
-def frames_for_segments(video, segments, *, interval_ms):
-    """One streaming pass over `video` (preprocess.timeline.iter_segments): yields (key, index, rgb) for every grid
-    time of every segment {key: (start_s, end_s)} (timeline.grid_times), frames sampled by timestamp every interval_ms."""
-    for key, frames, _ in iter_segments(video, segments, interval_ms=interval_ms, audio=False):
-        for index, rgb in frames:
-            yield key, index, rgb
-
-
-def square_jpeg(path, rgb, size):
-    """Central square of rgb resized to size x size, written as JPEG."""
-    from PIL import Image
-    height, width = rgb.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    image = Image.fromarray(rgb[top:top + side, left:left + side]).resize((size, size), Image.BILINEAR)
-    atomic_write(path, lambda file: image.save(file, format="JPEG", quality=90))
-
-
-def write_wave(path, wave, sample_rate=16000):
-    atomic_write(path, lambda file: soundfile.write(file, np.asarray(wave, np.float32), sample_rate, format="WAV", subtype="PCM_16"))
-
-
-def load_channels(path, sample_rate=16000):
-    """(mono (S,), [channel (S,) ...]) float32 tensors at sample_rate; wav/flac keep their channels."""
-    mono = load_audio(path, sample_rate=sample_rate)
-    if Path(path).suffix.lower() not in (".wav", ".flac"):
-        return mono, [mono]
-    samples, native_rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (S, channels)
-    channels = [torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(samples[:, c])), native_rate, sample_rate)
-                for c in range(samples.shape[1])]
-    return mono, channels
-
-
-def make_cropper(weights_dir="weights/mtcnn", device="cpu"):
-    """48-px face crops with margin 2: MTCNN when weights_dir holds pnet/rnet/onet.pt, else the true centre crop."""
-    return FaceCropper(weights_dir=weights_dir, size=48, margin=2, device=device)
-
-
-# ---------------------------------------------------------------- hand-crafted features (--hand-crafted)
-
-def text_hcf(text, dim=HCF_SIZES[0]):
-    """(words, dim) float32: each lower-cased word -> a fixed pseudo-random unit vector seeded by its CRC32 (a
-    hashed embedding standing in for GloVe; no download); one zero row for an empty text."""
-    words = re.findall(r"[a-z0-9']+", text.lower())
-    rows = [np.random.default_rng(zlib.crc32(word.encode())).standard_normal(dim) / math.sqrt(dim) for word in words]
-    return np.stack(rows).astype(np.float32) if rows else np.zeros((1, dim), np.float32)
-
-
-def audio_hcf(wave, dim=HCF_SIZES[1]):
-    """(frames of 0.1 s, 144) float32: 128 log-mel bins + 16 MFCCs (stand-ins for COVAREP)."""
-    settings = {"n_fft": 1024, "win_length": 1024, "hop_length": 1600}
-    features = torch.cat([log_mel(wave, n_mels=128, **settings), mfcc(wave, n_mfcc=dim - 128, n_mels=40, **settings)])
-    return features.T.numpy().astype(np.float32)  # (F, T) -> (T, F)
-
-
-def visual_hcf(faces, dim=HCF_SIZES[2]):
-    """(frames, 35) float32 from uint8 face crops (N, 48, 48, 3): mean R, G, B / 255 + a 32-bin grey histogram
-    (stand-ins for FACET)."""
-    if len(faces) == 0:
-        return np.zeros((1, dim), np.float32)
-    faces = faces.astype(np.float32) / 255
-    grey = faces.mean(-1).reshape(len(faces), -1)
-    histograms = np.stack([np.histogram(row, bins=dim - 3, range=(0, 1))[0] for row in grey]) / grey.shape[1]
-    return np.concatenate([faces.mean((1, 2)), histograms], axis=1).astype(np.float32)
-
-
-def write_hcf(path, text, wave, faces):
-    atomic_write(path, lambda file: np.savez(file, t=text_hcf(text), a=audio_hcf(wave), v=visual_hcf(faces)))
-
-
-def write_split(split_dir, items_by_group, *, seed, fractions=(0.8, 0.1, 0.1)):
-    """{train,valid,test}_split.txt, grouped: whole groups (dialogues, videos) go to one split."""
-    groups = sorted(items_by_group)
-    order = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
-    n_test = max(1, round(fractions[2] * len(order))) if len(order) >= 3 else 0
-    n_valid = max(1, round(fractions[1] * len(order))) if len(order) >= 3 else 0
-    parts = {"test": order[:n_test], "valid": order[n_test:n_test + n_valid], "train": order[n_test + n_valid:]}
-    for split, chosen in parts.items():
-        ids = sorted(item for group in chosen for item in items_by_group[group])
-        atomic_write(Path(split_dir) / f"{split}_split.txt", lambda f, ids=ids: f.write("".join(f"{i}\n" for i in ids)), binary=False)
-    return parts
-
-
-def write_failures(out_dir, failures):
-    atomic_write(Path(out_dir) / "failures.csv", lambda f: csv.writer(f).writerows([("item", "problem"), *failures]), binary=False)
 
 
 # ---------------------------------------------------------------- raw IEMOCAP -> processed
@@ -220,95 +116,7 @@ def preprocess(raw_dir, out_dir, *, img_interval=500, image_size=224, seed=0, cr
     return len(meta), failures
 
 
-# ---------------------------------------------------------------- the processed-layout reader (train_fv2es.py)
-
-@dataclass
-class Item:
-    id: str
-    folder: Path
-    text: str
-    label: np.ndarray   # float32 (6,): one-hot (IEMOCAP) or presence (MOSEI)
-    side: str           # 'L'/'R' for IEMOCAP, '' for MOSEI
-    group: str          # dialogue or video: splits never cut one
-    session: int        # IEMOCAP session, 0 for MOSEI
-
-
-def _label_vector(label, names, where):
-    if isinstance(label, str):
-        if label not in names:
-            raise InputError(f"{where}: label {label!r} is none of {', '.join(names)}")
-        vector = np.zeros(len(names), np.float32)
-        vector[names.index(label)] = 1
-        return vector
-    try:
-        if np.ndim(label) == 0:
-            if not 0 <= int(label) < len(names):
-                raise IndexError
-            vector = np.zeros(len(names), np.float32)
-            vector[int(label)] = 1
-            return vector
-        vector = np.asarray(label, np.float32).reshape(-1)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        raise InputError(f"{where}: label {str(label)[:40]!r} is not a class name, class index or {len(names)}-vector") from None
-    if not np.isfinite(vector).all():
-        raise InputError(f"{where}: label holds NaN or inf")
-    if len(vector) != len(names):
-        raise InputError(f"{where}: label has {len(vector)} values, expected {len(names)}")
-    return (vector > 0).astype(np.float32)
-
-
-def read_meta(folder):
-    """meta.json (ours) or meta.pkl (the released processed sets; the only pickle this project reads)."""
-    for name in ("meta.json", "meta.pkl"):
-        if (folder / name).is_file():
-            try:
-                if name == "meta.json":
-                    meta = json.loads((folder / name).read_text(encoding="utf-8"))
-                else:
-                    with open(folder / name, "rb") as file:
-                        meta = pickle.load(file)
-            except Exception as error:  # json and pickle raise many types for a corrupt file
-                raise InputError(f"{folder / name}: not readable ({type(error).__name__}: {str(error)[:120]})") from None
-            if not isinstance(meta, dict):
-                raise InputError(f"{folder / name}: expected {{utterance id: {{label, text, ...}}}}")
-            return meta
-    raise InputError(f"{folder}: no meta.json or meta.pkl (run python -m preprocess.iemocap / preprocess.mosei)")
-
-
-def read_processed(datapath, dataset):
-    """({id: Item}, {split: [id]}, failures [(id, problem)]) from <datapath>/<DATASET>_RAW_PROCESSED and
-    <DATASET>_SPLIT. An entry whose label does not parse is skipped and listed, and so is a split id that has
-    no usable entry; an unreadable meta or split file, or nothing usable at all, is one InputError."""
-    processed_dir, split_dir = Path(datapath) / LAYOUT[dataset][0], Path(datapath) / LAYOUT[dataset][1]
-    meta = read_meta(processed_dir)
-    names = EMOTIONS if dataset == "iemocap" else MOSEI_EMOTIONS
-    items, failures = {}, []
-    for key, entry in meta.items():
-        where = f"{processed_dir}/meta: {key}"
-        try:
-            if not isinstance(entry, dict) or "label" not in entry:
-                raise InputError(f"{where}: expected {{label, text, ...}}")
-            label = _label_vector(entry["label"], names, where)
-        except InputError as error:
-            failures.append((key, str(error)))
-            continue
-        if dataset == "iemocap":
-            group = key.rsplit("_", 1)[0]
-            items[key] = Item(key, processed_dir / group / key, str(entry.get("text", "")), label, speaker_side(key), group, session_of(key))
-        else:
-            items[key] = Item(key, processed_dir / key, str(entry.get("text", "")), label, "", str(entry.get("video", key.rsplit("_", 1)[0])), 0)
-    if not items:
-        raise InputError(f"{processed_dir}: no usable utterance in meta ({failures[0][1] if failures else 'it is empty'})")
-    splits = {}
-    for split in ("train", "valid", "test"):
-        path = split_dir / f"{split}_split.txt"
-        if not path.is_file():
-            raise InputError(f"{path}: split file not found")
-        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        failures += [(i, f"{path}: listed but has no usable entry in meta") for i in ids if i not in items and i not in meta]
-        splits[split] = [i for i in ids if i in items]
-    return items, splits, failures
-
+# ---------------------------------------------------------------- splits
 
 def loso_splits(items, test_session, *, seed=0, valid_fraction=0.1):
     """Leave one session out: test = that session; valid = about valid_fraction of the other dialogues."""
@@ -324,107 +132,10 @@ def loso_splits(items, test_session, *, seed=0, valid_fraction=0.1):
     return splits
 
 
-# ---------------------------------------------------------------- fixture
-
-CUE_WORDS = {"ang": "furious", "exc": "thrilled", "fru": "annoying", "hap": "glad", "neu": "okay", "sad": "crying",
-             "anger": "furious", "disgust": "gross", "fear": "scared", "happy": "glad", "sad_m": "crying", "surprise": "wow"}
-FILLER = ["the", "we", "it", "then", "so", "and", "really", "maybe", "today", "there"]
-
-
-def planted_segment(emotion_index, duration_s, rng, *, sample_rate=16000):
-    """A tone at 300 * 1.25^k Hz with noise: the audio cue of class k."""
-    times = np.arange(round(duration_s * sample_rate)) / sample_rate
-    return (0.3 * np.sin(2 * np.pi * 300 * 1.25 ** emotion_index * times) + rng.normal(0, 0.02, len(times))).astype(np.float32)
-
-
-def planted_picture(emotion_index, height, width, rng):
-    """A grey textured picture with a centred square of hue 60 * k: the visual cue of class k."""
-    from preprocess.fixtures import hue_rgb, solid_frame
-    picture = solid_frame(height, width, (100, 100, 100), noise=10, rng=rng)
-    side = min(height, width) // 2
-    top, left = (height - side) // 2, (width - side) // 2
-    picture[top:top + side, left:left + side] = hue_rgb(60 * emotion_index, 0.8, 0.9)
-    return picture
-
-
-def make_iemocap(out_dir, *, seed=0, sessions=(1, 2), dialogs_per_session=3, utterance_s=1.2, gap_s=0.3, fps=10,
-                 height=64, width=128, img_interval=500):
-    """out_dir/raw: the raw release layout (sessions x dialogues, 6 utterances each, every class once per dialogue,
-    speakers alternating, one `xxx` utterance that is dropped); out_dir/processed: preprocess(raw) of it.
-    Planted signal: transcript cue word, a tone per class, a hue square on the speaker's half (no faces: crops are
-    centre crops whether or not weights/mtcnn exists). Defects: the
-    last dialogue's avi is missing (its utterances go to failures.csv). Returns the sorted files written."""
-    from preprocess.fixtures import solid_frame, write_wav
-    out_dir, written = Path(out_dir), []
-    raw = out_dir / "raw"
-    for session in sessions:
-        gender = "FM"[session % 2 == 0]
-        for dialog in range(1, dialogs_per_session + 1):
-            rng = np.random.default_rng([seed, session, dialog])
-            name = f"Ses{session:02d}{gender}_impro{dialog:02d}"
-            base = raw / f"Session{session}" / "dialog"
-            labels, texts, spans = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""], [], []
-            for turn in range(7):
-                start = 0.5 + turn * (utterance_s + gap_s)
-                emotion = "xxx" if turn == 6 else EMOTIONS[(turn + dialog + session) % 6]
-                utt_id = f"{name}_{'FM'[turn % 2]}{turn:03d}"
-                labels += [f"[{start:.4f} - {start + utterance_s:.4f}]\t{utt_id}\t{emotion}\t[2.5000, 2.5000, 2.5000]", ""]
-                cue = CUE_WORDS.get(emotion, "hmm")
-                words = list(rng.choice(FILLER, size=3))
-                words.insert(int(rng.integers(0, 4)), cue)
-                texts.append(f"{utt_id} [{start:08.4f}-{start + utterance_s:08.4f}]: {' '.join(words).capitalize()}.")
-                spans.append((start, start + utterance_s, EMOTIONS.index(emotion) if emotion in EMOTIONS else None, speaker_side(utt_id)))
-            duration = 0.5 + 7 * (utterance_s + gap_s)
-            wave = rng.normal(0, 0.01, round(duration * 16000)).astype(np.float32)
-            for start, end, index, _ in spans:
-                if index is not None:
-                    segment = planted_segment(index, end - start, rng)
-                    wave[round(start * 16000):round(start * 16000) + len(segment)] += segment
-            written.append(write_wav(base / "wav" / f"{name}.wav", np.stack([wave, wave * 0.5], 1), 16000))
-            written.append(_write_text(base / "EmoEvaluation" / f"{name}.txt", labels))
-            written.append(_write_text(base / "transcriptions" / f"{name}.txt", texts))
-            if session == sessions[-1] and dialog == dialogs_per_session:
-                continue  # the missing avi
-            frames = []
-            for frame_index in range(round(duration * fps)):
-                time = frame_index / fps
-                frame = solid_frame(height, width, (60, 60, 60), noise=8, rng=rng)
-                for start, end, index, side in spans:
-                    if index is not None and start <= time < end:
-                        half = slice(0, width // 2) if side == "L" else slice(width // 2, width)
-                        frame[:, half] = planted_picture(index, height, width // 2, rng)
-                frames.append(frame)
-            written.append(write_divx(base / "avi" / "DivX" / f"{name}.avi", frames, fps=fps))
-    preprocess(raw, out_dir / "processed", img_interval=img_interval, seed=seed, cropper=make_cropper(None))
-    written += [p for p in (out_dir / "processed").rglob("*") if p.is_file()]
-    return sorted(written)
-
-
-def write_divx(path, frames, *, fps):
-    """An .avi of MPEG-4 part 2 (DivX-like, no B-frames, as the release): AVI keeps no presentation times, so
-    B-frames would leave the decoder guessing them."""
-    import av
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt, stream.options = "yuv420p", {"qscale": "3"}
-        for rgb in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
-        container.mux(stream.encode(None))
-    return path
-
-
-def _write_text(path, lines):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m preprocess.iemocap", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("raw_dir", type=Path, help="the raw release: the folder holding Session1..Session5")
-    parser.add_argument("out_dir", type=Path, help="where the processed layout goes (train_fv2es.py --datapath)")
+    parser.add_argument("out_dir", type=Path, help="where the processed layout goes (train_fv2es.py --data)")
     parser.add_argument("--img-interval", type=int, default=500, help="ms between sampled frames (default %(default)s)")
     parser.add_argument("--image-size", type=int, default=224, help="side of the saved square images (default %(default)s)")
     parser.add_argument("--mtcnn", default="weights/mtcnn", help="folder with MTCNN pnet/rnet/onet.pt (`make weights`); without them faces are centre crops (default %(default)s)")

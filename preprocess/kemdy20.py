@@ -1,18 +1,22 @@
-"""KEMDy20 layout -> utterances and 4-Hz nodes (one per in-utterance E4 sample), and `make_kemdy20`, a tiny
-synthetic tree in the same layout.
+"""KEMDy20 layout -> utterances and 4-Hz nodes (one per in-utterance E4 sample).
 
-    DATA/annotation/SessNN_eval.csv        two header rows, the second names the columns: Numb, Wstart, Wend,
-                                           Segment ID, Emotion, Valence, Arousal (total evaluation), then 10
-                                           evaluators x (Emotion, Valence, Arousal); UTF-8 or cp949
-    DATA/wav/SessionNN/<SegmentID>.wav     and <SegmentID>.txt, the transcript in cp949
-    DATA/EDA/SessionNN/SessNN_scriptMM_UserXXXG.csv   Empatica E4 at 4 Hz: two header lines, then
-    DATA/TEMP/SessionNN/...                           value,YYYY-MMDD-HHMM-SS-mmm[,SegmentID]
+    DATA/annotation/SessNN_eval.csv        UTF-8 or cp949, two header rows as released:
+                                               Numb,WAV, ,Segment ID,Total Evaluation, , ,Eval01F, , ,Eval02M, , ,...
+                                                ,start,end, ,Emotion,Valence,Arousal,Emotion,Valence,Arousal,...
+                                           (the wav start/end in s sit under WAV, the total evaluation's Emotion,
+                                           Valence, Arousal under Total Evaluation, then 10 evaluators'); read by name
+    DATA/wav/SessionNN/<SegmentID>.wav     and <SegmentID>.txt, the transcript in cp949, with ETRI noise tags (b/, c/,
+                                           l/, n/, u/) in about half the utterances: kept in `text`, removed in
+                                           `clean_text`
+    DATA/EDA/SessionNN/SessNN_scriptMM_UserXXXG.csv   Empatica E4 at 4 Hz: two header lines, the start (unix s and
+    DATA/TEMP/SessionNN/...                           stamp) and the rate, e.g. `1597976852.000000,2020-0821-1127-32-000`
+                                                      and `4.000000,hz`; then value,YYYY-MMDD-HHMM-SS-mmm[,SegmentID]
                                                       (the third column only inside utterances)
 
 Segment ID = SessNN_scriptMM_UserXXXG_KKK. Emotions: neutral, happy, surprise, angry, sad, disqust (sic, read
 as disgust), fear, or ';'-joined ties: the first wins, or with drop_neutral_ties the first that is not
 neutral. Irregular names are tolerated where the meaning is clear (any case, any zero-padding of the
-session folder, files found at any depth, spaces around ids); anything else is skipped and reported as
+session folder, files found at any depth, folders that are symbolic links, spaces around ids); anything else is skipped and reported as
 (item, problem), which the scripts write to failures.csv. E4 time in ms = ((HH*60+MM)*60+SS)*1000+mmm (the
 date is ignored, as in the SPEC). EDA and TEMP are z-scored per subject (speaker) over all their samples.
 """
@@ -25,12 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from common import InputError
+from preprocess.tree import walk_files
 
 EMOTIONS = ("neutral", "happy", "surprise", "angry", "sad", "disgust", "fear")
 SPELLINGS = {"disqust": "disgust"}
 SEGMENT_PATTERN = re.compile(r"^Sess(\d+)_script(\d+)_(User\d+[FM])_(\d+)$", re.IGNORECASE)
 TIME_PATTERN = re.compile(r"^\d{4}-\d{4}-(\d\d)(\d\d)-(\d\d)-(\d{1,3})$")
-COLUMNS = ("Numb", "Wstart", "Wend", "Segment ID", "Emotion", "Valence", "Arousal")  # positions 0-6
+HEADER_NAMES = {"start": ("wav", "start"), "end": ("wav", "end"), "segment id": ("segment id", ""),  # field: (row 1, row 2)
+                "emotion": ("total evaluation", "emotion"), "valence": ("total evaluation", "valence"),
+                "arousal": ("total evaluation", "arousal")}
+RELEASED_COLUMN = {"start": 1, "end": 2, "segment id": 3, "emotion": 4, "valence": 5, "arousal": 6}
+NOISE_TAG = re.compile(r"(?<!\S)[bclnu]/")
 SAMPLE_HZ = 4
 WINDOW = 11          # E4 samples per node window (2.75 s)
 WINDOW_S = WINDOW / SAMPLE_HZ
@@ -42,13 +51,17 @@ class Utterance:
     session: int
     script: int
     speaker: str        # UserXXXG, the subject
-    start_s: float      # Wstart / Wend of the annotation
+    start_s: float      # WAV start / end of the annotation
     end_s: float
     emotion: int        # index into EMOTIONS
     valence: float
     arousal: float
     wav: Path
-    text: str
+    text: str           # the transcript as released, noise tags included
+
+    @property
+    def clean_text(self):
+        return clean_transcript(self.text)
 
     @property
     def stream(self):
@@ -84,6 +97,27 @@ def read_text(path):
     return raw.decode("cp949", errors="replace").strip()
 
 
+def clean_transcript(text):
+    """'c/ 어 그래? n/' -> '어 그래?': the ETRI noise tags (b/, c/, l/, n/, u/ at the start of a word) removed, spaces
+    collapsed."""
+    return " ".join(NOISE_TAG.sub(" ", text).split())
+
+
+def header_columns(title_row, name_row):
+    """({field: column}, [fields not found]) from the annotation's two header rows, by name: a second-row name
+    (start, Emotion) belongs to the first-row name above it or, under a blank, the nearest one to its left (WAV,
+    Total Evaluation); a first-row name with a blank under it (Segment ID) names its own column. Names compare
+    lower-case with spaces collapsed; the first column that fits wins."""
+    found, group = {}, ""
+    for index in range(max(len(title_row), len(name_row))):
+        title = " ".join(title_row[index].split()).lower() if index < len(title_row) else ""
+        name = " ".join(name_row[index].split()).lower() if index < len(name_row) else ""
+        group = title or group
+        found.setdefault((group, name), index)
+    columns = {field: found[key] for field, key in HEADER_NAMES.items() if key in found}
+    return columns, [field for field in HEADER_NAMES if field not in columns]
+
+
 def read_table(path):
     raw = Path(path).read_bytes()
     try:
@@ -94,9 +128,9 @@ def read_table(path):
 
 
 def index_files(folder, suffix):
-    """{lower-case stem: path} of every `suffix` file under folder, at any depth."""
+    """{lower-case stem: path} of every `suffix` file under folder, at any depth (linked folders followed)."""
     folder = Path(folder)
-    return {path.stem.strip().lower(): path for path in sorted(folder.rglob(f"*{suffix}"))} if folder.is_dir() else {}
+    return {path.stem.strip().lower(): path for path in walk_files(folder, {suffix})} if folder.is_dir() else {}
 
 
 def scan_kemdy20(root, *, drop_neutral_ties=False):
@@ -112,8 +146,11 @@ def scan_kemdy20(root, *, drop_neutral_ties=False):
         if len(rows) < 2:
             problems.append((str(table), "fewer than two header rows"))
             continue
-        header = [name.strip().lower() for name in rows[1]]
-        column = {name: header.index(name.lower()) if name.lower() in header else position for position, name in enumerate(COLUMNS)}
+        column, missing = header_columns(rows[0], rows[1])
+        if missing:
+            problems.append((str(table), f"header names no {', '.join(missing)}; read from the released column(s) "
+                                         f"{', '.join(str(RELEASED_COLUMN[field]) for field in missing)}"))
+            column.update({field: RELEASED_COLUMN[field] for field in missing})
         for line, row in enumerate(rows[2:], start=3):
             if not any(cell.strip() for cell in row):
                 continue
@@ -121,19 +158,19 @@ def scan_kemdy20(root, *, drop_neutral_ties=False):
             if len(row) <= max(column.values()):
                 problems.append((item, f"{len(row)} columns, expected at least {max(column.values()) + 1}"))
                 continue
-            segment_id = row[column["Segment ID"]].strip()
+            segment_id = row[column["segment id"]].strip()
             match = SEGMENT_PATTERN.match(segment_id)
             if not match:
                 problems.append((item, f"segment id {segment_id!r} is not SessNN_scriptMM_UserXXXG_KKK"))
                 continue
-            emotion = parse_emotion(row[column["Emotion"]], drop_neutral_ties=drop_neutral_ties)
+            emotion = parse_emotion(row[column["emotion"]], drop_neutral_ties=drop_neutral_ties)
             if emotion is None:
-                problems.append((segment_id, f"unknown emotion {row[column['Emotion']]!r}"))
+                problems.append((segment_id, f"unknown emotion {row[column['emotion']]!r}"))
                 continue
             try:
-                start, end, valence, arousal = (float(row[column[name]]) for name in ("Wstart", "Wend", "Valence", "Arousal"))
+                start, end, valence, arousal = (float(row[column[name]]) for name in ("start", "end", "valence", "arousal"))
             except ValueError:
-                problems.append((segment_id, "Wstart/Wend/Valence/Arousal not numbers"))
+                problems.append((segment_id, "WAV start/end, Valence or Arousal not a number"))
                 continue
             wav = wavs.get(segment_id.lower())
             if wav is None:
@@ -151,21 +188,34 @@ def scan_kemdy20(root, *, drop_neutral_ties=False):
 
 
 def read_e4(path):
-    """(values float64 (n,), times_ms int64 (n,), segment ids [str] ('' outside utterances), bad line count)."""
+    """(values float64 (n,), times_ms int64 (n,), segment ids [str] ('' outside utterances), bad line count) of one
+    E4 file. Its two header lines are the start (`1597976852.000000,2020-0821-1127-32-000`, never a sample) and the
+    rate (`4.000000,hz`; a bare `4.000000` is accepted); a second line that is no rate, or a rate other than 4 Hz,
+    is an InputError: the node windows count 4-Hz samples."""
     values, times, segments, bad = [], [], [], 0
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as file:
-        for row in list(csv.reader(file))[2:]:
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            time_ms = parse_e4_time(row[1]) if len(row) > 1 else None
-            try:
-                value = float(row[0])
-            except ValueError:
-                value = None
-            if time_ms is None or value is None or not math.isfinite(value):  # NaN/inf would poison the z-scores
-                bad += 1
-                continue
-            values.append(value), times.append(time_ms), segments.append(row[2].strip().lower() if len(row) > 2 else "")
+        rows = list(csv.reader(file))
+    rate_line = [cell.strip().lower() for cell in rows[1]] if len(rows) > 1 else []
+    try:
+        rate = float(rate_line[0]) if [cell for cell in rate_line[1:] if cell] in ([], ["hz"]) else None
+    except (IndexError, ValueError):
+        rate = None
+    if rate is None:
+        raise InputError(f"{path}: line 2 is {','.join(rate_line)[:40]!r}, not the E4 sample rate (e.g. `4.000000,hz`)")
+    if not math.isclose(rate, SAMPLE_HZ):
+        raise InputError(f"{path}: sampled at {rate:g} Hz (line 2); the nodes need {SAMPLE_HZ}-Hz E4 files")
+    for row in rows[2:]:
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        time_ms = parse_e4_time(row[1]) if len(row) > 1 else None
+        try:
+            value = float(row[0])
+        except ValueError:
+            value = None
+        if time_ms is None or value is None or not math.isfinite(value):  # NaN/inf would poison the z-scores
+            bad += 1
+            continue
+        values.append(value), times.append(time_ms), segments.append(row[2].strip().lower() if len(row) > 2 else "")
     return np.asarray(values, np.float64), np.asarray(times, np.int64), segments, bad
 
 
@@ -194,7 +244,11 @@ def build_nodes(root, utterances):
         if missing:
             problems.append((stream, f"no {'/'.join(missing)} file; its {len(segment_index)} utterances have no nodes"))
             continue
-        loaded = {signal: read_e4(files[signal][stream]) for signal in files}
+        try:
+            loaded = {signal: read_e4(files[signal][stream]) for signal in files}
+        except InputError as error:
+            problems.append((stream, f"{error}; its {len(segment_index)} utterances have no nodes"))
+            continue
         for signal, (values, _, _, bad) in loaded.items():
             if bad:
                 problems.append((str(files[signal][stream]), f"{bad} malformed line(s) skipped"))
@@ -242,103 +296,7 @@ def build_nodes(root, utterances):
 
 def utterance_table(utterances):
     """Rows for utterances.csv: the per-utterance emotion/arousal/valence table (what the highlight probes read)."""
-    yield ("segment_id", "session", "speaker", "emotion", "valence", "arousal", "start_s", "end_s", "wav", "text")
+    yield ("segment_id", "session", "speaker", "emotion", "valence", "arousal", "start_s", "end_s", "wav", "text", "clean_text")
     for u in utterances:
-        yield (u.segment_id, u.session, u.speaker, EMOTIONS[u.emotion], u.valence, u.arousal, u.start_s, u.end_s, str(u.wav), u.text)
-
-
-# ---------------------------------------------------------------- fixture
-
-TONE_HZ = {emotion: 220.0 * 1.19 ** k for k, emotion in enumerate(EMOTIONS)}
-EDA_STEP = {emotion: 0.6 * k for k, emotion in enumerate(EMOTIONS)}  # in-utterance EDA rise, in subject std units
-VALENCE_AROUSAL = {"neutral": (3.0, 3.0), "happy": (4.5, 3.8), "surprise": (3.6, 4.2), "angry": (1.5, 4.5),
-                   "sad": (1.6, 2.0), "disgust": (1.8, 3.4), "fear": (1.7, 4.0)}
-
-
-def e4_stamp(time_ms):
-    seconds, millis = divmod(int(time_ms), 1000)
-    minutes, seconds = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"2020-1106-{hours:02d}{minutes:02d}-{seconds:02d}-{millis:03d}"
-
-
-def make_kemdy20(out_dir, *, seed=0, sessions=(1, 2, 3, 4, 5), scripts=(1, 2), utterance_s=2.0, gap_s=0.75,
-                 sample_rate=16000):
-    """Synthetic KEMDy20: per session two speakers (User{2s-1}F, User{2s}M) taking turns through each script,
-    each speaker saying every emotion once plus a second neutral (16 utterances per script pair, 2 s each).
-    Both wristbands share one 4-Hz clock; one M turn per script starts 0.5 s before the F turn ends, so
-    the two speakers have in-utterance samples at the same instants. Returns the sorted files written.
-
-    Planted signal: the wav is a tone at TONE_HZ[emotion] (220 Hz x 1.19^k) times a speaker factor, with a
-    syllable envelope and noise; EDA rises by EDA_STEP[emotion] x the subject's scale inside the utterance
-    over a subject-specific baseline with drift; TEMP is baseline + drift only. Some labels are ties
-    ('happy;neutral'), 'disgust' is spelled 'disqust', transcripts are cp949 Korean."""
-    from preprocess.fixtures import tone, write_wav
-    out_dir = Path(out_dir)
-    written = []
-    for session in sessions:
-        rng = np.random.default_rng([seed, session])
-        speakers = (f"User{2 * session - 1:03d}F", f"User{2 * session:03d}M")
-        rows, script_start_ms = [], (14 * 3600 + session * 600) * 1000
-        per_script = {}
-        for speaker in speakers:  # the 8 utterances of each speaker, shuffled and dealt over the scripts
-            order = rng.permutation(list(EMOTIONS) + ["neutral"])
-            per_script[speaker] = [list(order[k::len(scripts)]) for k in range(len(scripts))]
-        subject = {speaker: (rng.uniform(1, 6), rng.uniform(0.3, 1.0), rng.uniform(32, 35), rng.uniform(0.9, 1.1)) for speaker in speakers}
-        for script_number, script in enumerate(scripts):
-            turns = [(speakers[t % 2], per_script[speakers[t % 2]][script_number][t // 2])
-                     for t in range(2 * len(per_script[speakers[0]][script_number]))]
-            start_ms, spans = script_start_ms, []
-            for turn, (speaker, emotion) in enumerate(turns):
-                begin = start_ms + (-500 if turn == 3 else round(gap_s * 1000))
-                spans.append((speaker, emotion, begin, begin + round(utterance_s * 1000)))
-                start_ms = spans[-1][3]
-            end_ms = start_ms + 3000
-            clock = np.arange(script_start_ms - 3000, end_ms, 1000 // SAMPLE_HZ)
-            for speaker in speakers:
-                baseline, scale, temperature, pitch = subject[speaker]
-                eda = baseline + scale * 0.3 * np.sin(np.arange(len(clock)) / 40 + rng.uniform(0, 6)) + rng.normal(0, 0.05 * scale, len(clock))
-                temp = temperature + 0.2 * np.sin(np.arange(len(clock)) / 60) + rng.normal(0, 0.02, len(clock))
-                segments = [""] * len(clock)
-                counter = 0  # KKK: the speaker's running utterance number in this script
-                for turn, (who, emotion, begin, end) in enumerate(spans):
-                    if who != speaker:
-                        continue
-                    counter += 1
-                    segment_id = f"Sess{session:02d}_script{script:02d}_{speaker}_{counter:03d}"
-                    inside = (clock >= begin) & (clock < end)
-                    eda[inside] += EDA_STEP[emotion] * scale
-                    for i in np.flatnonzero(inside):
-                        segments[i] = segment_id
-                    wave = tone(TONE_HZ[emotion] * pitch, utterance_s, sample_rate, amplitude=0.25)
-                    times = np.arange(len(wave)) / sample_rate
-                    wave = wave * (0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(3, 6) * times)) + rng.normal(0, 0.03, len(wave))
-                    folder = out_dir / "wav" / f"Session{session:02d}"
-                    written.append(write_wav(folder / f"{segment_id}.wav", np.clip(wave, -1, 1), sample_rate))
-                    (folder / f"{segment_id}.txt").write_bytes(f"{emotion} 감정의 {counter}번째 문장입니다.\n".encode("cp949"))
-                    written.append(folder / f"{segment_id}.txt")
-                    label = {"disgust": "disqust", "happy": "happy;neutral", "sad": "sad;neutral" if turn % 2 else "sad",
-                             "neutral": "neutral;surprise" if turn < 2 else "neutral"}.get(emotion, emotion)
-                    valence, arousal = (v + rng.uniform(-0.3, 0.3) for v in VALENCE_AROUSAL[emotion])
-                    rows.append((begin, [(begin - script_start_ms) / 1000, (end - script_start_ms) / 1000, segment_id, label,
-                                         round(valence, 1), round(arousal, 1)]))
-                for signal, values in (("EDA", eda), ("TEMP", temp)):
-                    path = out_dir / signal / f"Session{session:02d}" / f"Sess{session:02d}_script{script:02d}_{speaker}.csv"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    lines = [f"{signal},,", f"{float(SAMPLE_HZ):.1f},,"]
-                    lines += [f"{value:.4f},{e4_stamp(time)}" + (f",{segment}" if segment else "") for value, time, segment in zip(values, clock, segments)]
-                    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-                    written.append(path)
-            script_start_ms = end_ms + 60_000
-        header = ["Numb", "Wstart", "Wend", "Segment ID", "Emotion", "Valence", "Arousal"]
-        title = ["", "", "", "", "Total Evaluation", "", ""]
-        for evaluator in range(1, 11):
-            header += ["Emotion", "Valence", "Arousal"]
-            title += [f"Eval{evaluator:02d}{'FM'[evaluator % 2]}", "", ""]
-        body = [[number, *row, *(row[3:] * 10)] for number, (_, row) in enumerate(sorted(rows, key=lambda r: r[0]), start=1)]
-        path = out_dir / "annotation" / f"Sess{session:02d}_eval.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as file:
-            csv.writer(file).writerows([title, header, *body])
-        written.append(path)
-    return sorted(written)
+        yield (u.segment_id, u.session, u.speaker, EMOTIONS[u.emotion], u.valence, u.arousal, u.start_s, u.end_s, str(u.wav), u.text,
+               u.clean_text)

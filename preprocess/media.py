@@ -2,8 +2,10 @@
 
 Video is decoded with PyAV, sequentially and threaded, and sampled by presentation timestamp: for the
 targets 0, step, 2*step, ... the first decoded frame whose pts >= target is kept, converted to RGB
-uint8 (and resized by swscale) and yielded; the others are never converted. Nothing accumulates, so
-memory does not depend on the video's length. Times are seconds from the stream's first timestamp.
+uint8 (and resized by swscale), turned upright as players show it (the display matrix: phones store a portrait clip
+as landscape frames plus a quarter turn) and yielded; the others are never converted. Nothing accumulates, so
+memory does not depend on the video's length. Times are seconds from the stream's first timestamp, so a variable
+frame rate (phones) is sampled by when each frame is shown.
 
 Audio is read by soundfile (.wav, .flac) or by PyAV (the audio stream of anything else), mixed to
 mono (mean of the channels) and resampled with torchaudio to 16 kHz float32. `load_audio` reads a
@@ -95,9 +97,11 @@ def _audio_stream(container, path):
 # ---------------------------------------------------------------------------------------------- probe
 
 def probe(path):
-    """Stream metadata without decoding: duration_s, has_video, has_audio, fps, width, height,
-    audio_sample_rate, frame_count (the container's count, else duration x fps; an estimate).
-    Fields of a missing stream are None."""
+    """Stream metadata: duration_s, has_video, has_audio, fps, width, height, rotation, audio_sample_rate, frame_count
+    (the container's count, else duration x fps; an estimate). width x height is the picture as players show it and
+    iter_frames yields it: after the display matrix's turn, whose clockwise degrees (0, 90, 180, 270; a phone's
+    `rotate` tag) are rotation. Only the first video frame is decoded, for that matrix. Fields of a missing stream
+    are None."""
     with _open_container(path) as container:
         video = container.streams.video[0] if container.streams.video else None
         audio = container.streams.audio[0] if container.streams.audio else None
@@ -107,17 +111,73 @@ def probe(path):
                                 if s is not None and s.duration is not None]
             duration_s = max(stream_durations, default=None)
         info = {"duration_s": duration_s, "has_video": video is not None, "has_audio": audio is not None,
-                "fps": None, "width": None, "height": None, "frame_count": None,
+                "fps": None, "width": None, "height": None, "rotation": None, "frame_count": None,
                 "audio_sample_rate": audio.codec_context.sample_rate if audio is not None else None}
         if video is not None:
             rate = video.average_rate or video.guessed_rate
             info["fps"] = float(rate) if rate else None
+            matrix = _first_display_matrix(container, video)
             info["width"], info["height"] = video.codec_context.width, video.codec_context.height
+            if _orientation(matrix)[0]:
+                info["width"], info["height"] = info["height"], info["width"]
+            info["rotation"] = _clockwise_degrees(matrix)
             if video.frames:
                 info["frame_count"] = video.frames
             elif duration_s is not None and info["fps"]:
                 info["frame_count"] = round(duration_s * info["fps"])
         return info
+
+
+# --------------------------------------------------------------------------------------- orientation
+
+def display_matrix(frame):
+    """The display matrix of a decoded video frame as 9 ints in FFmpeg's layout (a, b, u, c, d, v, x, y, w; a-d in
+    16.16 fixed point), or None without one. Players show pixel (x, y) at (a x + c y, b x + d y)."""
+    side_data = frame.side_data.get("DISPLAYMATRIX")
+    if side_data is None or side_data.buffer_size < 36:
+        return None
+    return tuple(int(value) for value in np.frombuffer(bytes(side_data), np.int32, count=9))
+
+
+def _orientation(matrix):
+    """(swap, flip_rows, flip_columns) that turn a stored picture into the one shown: the nearest quarter turn of
+    the matrix, with its mirroring (recorders write only quarter turns; a player could turn by any angle)."""
+    if matrix is None:
+        return False, False, False
+    a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
+    if abs(a) + abs(d) >= abs(b) + abs(c):  # shown at (a x, d y)
+        return False, d < 0, a < 0
+    return True, b < 0, c < 0  # shown at (c y, b x): rows and columns swap
+
+
+def _clockwise_degrees(matrix):
+    """The matrix's turn as a player's clockwise degrees, 0/90/180/270 (FFmpeg's -av_display_rotation_get)."""
+    if matrix is None:
+        return 0
+    return round(math.degrees(math.atan2(matrix[1], matrix[0])) / 90) % 4 * 90
+
+
+def _upright(rgb, orientation):
+    """rgb (H, W, 3) as stored -> as shown (a view; (W, H, 3) after a quarter turn)."""
+    swap, flip_rows, flip_columns = orientation
+    if swap:
+        rgb = rgb.transpose(1, 0, 2)
+    return rgb[::-1 if flip_rows else 1, ::-1 if flip_columns else 1]
+
+
+FIRST_FRAME_PACKETS = 64  # probe looks this far for a decodable frame; a stream that yields none by then is left to the readers
+
+
+def _first_display_matrix(container, stream):
+    try:
+        for count, packet in enumerate(container.demux(stream)):
+            for frame in packet.decode():
+                return display_matrix(frame)
+            if count == FIRST_FRAME_PACKETS:
+                break
+    except av.FFmpegError:  # probe reports what the headers say; the readers report damage
+        pass
+    return None
 
 
 # -------------------------------------------------------------------------------------------- frames
@@ -156,9 +216,8 @@ def _output_geometry(width, height, size, center_crop):
     return resize_width, resize_height, None
 
 
-# h264 frame threading (thread_type AUTO) pays off on many cores; on this project's 2-core machines PyAV's default
-# (slice threading, one thread for single-slice h264) decoded a 2-min 720p clip faster (6.7-7.6 s against 8.9-10.4 s)
-# and gains far more from skipped frames (5.0 s against 8.3 s with skip_frame NONREF); BENCHMARKS.md
+# h264 frame threading (thread_type AUTO) pays off on many cores; on few cores PyAV's default (slice threading, one
+# thread for single-slice h264) decodes faster and gains far more from skipped frames (bench/video.py measures both)
 FRAME_THREADS_MIN_CORES = 4
 
 
@@ -215,9 +274,11 @@ def iter_frames(path, *, fps=None, interval_ms=None, size=None, center_crop=Fals
 
     With fps or interval_ms, timestamp_s runs over the targets 0, step, 2*step, ... and frame is the
     first decoded frame whose pts >= target (a frame serves several targets when the video's own
-    rate is lower; those repeats are copies). Targets after the last frame are not yielded. With
-    neither, every frame is yielded with its own time. size: int -> shorter side = size, aspect kept
-    (center_crop=True then cuts the central size x size square); (height, width) -> exactly that.
+    rate is lower; those repeats are copies): within one frame of the frame shown at the target, at any
+    (variable) frame rate. Targets after the last frame are not yielded. With neither, every frame is yielded
+    with its own time. Frames come upright, as players show them (the stream's display matrix applied: probe's
+    width x height). size: int -> shorter side = size, aspect kept (center_crop=True then cuts the central
+    size x size square); (height, width) -> exactly that, of the upright picture.
     """
     step = _sampling_step(fps, interval_ms)
     container = _open_container(path)
@@ -228,18 +289,25 @@ def iter_frames(path, *, fps=None, interval_ms=None, size=None, center_crop=Fals
         for other in container.streams:
             if other is not stream:
                 other.discard = av.stream.Discard.all  # the demuxer drops their packets early
-        resize_width, resize_height, crop = _output_geometry(
-            stream.codec_context.width, stream.codec_context.height, size, center_crop)
+        geometry = None  # (orientation, stored-orientation resize (width, height), crop), from the first frame
         time_base = stream.time_base
         frame_rate = stream.average_rate or stream.guessed_rate or 25
         frame_ticks = max(1, round(1 / (frame_rate * time_base)))  # one frame period in pts units
 
         def to_rgb(frame):
-            rgb = frame.reformat(width=resize_width, height=resize_height, format="rgb24").to_ndarray()
+            nonlocal geometry
+            if geometry is None:  # the first frame carries the stream's display matrix
+                orientation = _orientation(display_matrix(frame))
+                shown = (frame.height, frame.width) if orientation[0] else (frame.width, frame.height)
+                resize_width, resize_height, crop = _output_geometry(*shown, size, center_crop)
+                stored = (resize_height, resize_width) if orientation[0] else (resize_width, resize_height)
+                geometry = orientation, stored, crop
+            orientation, (stored_width, stored_height), crop = geometry
+            rgb = _upright(frame.reformat(width=stored_width, height=stored_height, format="rgb24").to_ndarray(), orientation)
             if crop is not None:
                 top, left, side = crop
-                rgb = np.ascontiguousarray(rgb[top:top + side, left:left + side])
-            return rgb
+                rgb = rgb[top:top + side, left:left + side]
+            return np.ascontiguousarray(rgb)
 
         def seconds(pts):
             return float((pts - start_pts) * time_base)

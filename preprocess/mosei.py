@@ -1,4 +1,4 @@
-"""CMU-MOSEI for FV2ES: raw release -> the processed layout train_fv2es.py reads, and `make_mosei`, a fixture.
+"""CMU-MOSEI for FV2ES: raw release -> the processed layout train_fv2es.py reads.
 
     python -m preprocess.mosei RAW_DIR OUT_DIR [--img-interval 500]
 
@@ -9,7 +9,12 @@ Raw, under RAW_DIR (any depth):
                                                      Input.CLIP, Answer.anger, Answer.disgust, Answer.fear,
                                                      Answer.happiness, Answer.sadness, Answer.surprise
 An emotion is present in a clip when its annotators' scores sum to more than 0 (6 presence labels, multi-label).
-Processed, under OUT_DIR (reader: preprocess.iemocap.read_processed):
+pom_extra_sqa_mono_results.csv writes Input.VIDEO_ID as `<prefix>/<video_id>`: the prefix is stripped (as public
+preprocessing scripts do with split("/")[1]). Listed in failures.csv, never lost quietly: a CSV without those columns
+(skipped), a row whose clip or scores are not numbers, every labelled clip that matches no transcript line (with its
+count of label rows), a transcript line that does not parse, a clip whose video or frames are missing. Folders that
+are symbolic links are followed.
+Processed, under OUT_DIR (written with preprocess.fv2es_layout; reader: preprocess.fv2es_reader):
     MOSEI_RAW_PROCESSED/meta.json    clip_id -> {text, label[6], start_time, end_time, video} (the released set: meta.pkl)
     MOSEI_RAW_PROCESSED/<video>_<clip>/audio.wav, image_{i}.jpg (224x224), faces.npy (ours: uint8 (N, 48, 48, 3))
     MOSEI_SPLIT/{train,valid,test}_split.txt     clip ids, grouped by video (80/10/10)
@@ -23,53 +28,82 @@ from pathlib import Path
 
 import numpy as np
 
-from common import InputError, atomic_write, progress, write_json
-from preprocess.iemocap import (CUE_WORDS, FILLER, LAYOUT, MOSEI_EMOTIONS, frames_for_segments, load_channels, make_cropper,
-                                planted_picture, planted_segment, square_jpeg, write_failures, write_hcf, write_split, write_wave)
+from common import InputError, atomic_write, progress, write_failures, write_json
+from preprocess.fv2es_layout import (LAYOUT, frames_for_segments, load_channels, make_cropper, square_jpeg, write_hcf,
+                                     write_split, write_wave)
+from preprocess.tree import walk_files
 
+EMOTIONS = ("anger", "disgust", "fear", "happy", "sad", "surprise")  # the presence labels, in meta.json order
 ANSWER_COLUMNS = ("Answer.anger", "Answer.disgust", "Answer.fear", "Answer.happiness", "Answer.sadness", "Answer.surprise")
 
 
+def video_id_of(text):
+    """'<prefix>/abc123' -> 'abc123' (pom_extra_sqa_mono_results.csv); 'abc123' stays."""
+    return text.strip().rsplit("/", 1)[-1]
+
+
 def read_labels(raw_dir):
-    """{(video_id, clip): float (6,) summed annotator scores} from every Labels CSV under raw_dir."""
-    sums = {}
-    for path in sorted(Path(raw_dir).rglob("*.csv")):
-        with open(path, encoding="utf-8-sig", newline="") as file:
+    """(sums, row_counts, problems): {(video_id, clip): float (6,) summed annotator scores} and {(video_id, clip): label
+    rows} from every CSV under raw_dir that has the label columns, and [(item, problem)] for the CSVs and rows skipped.
+    No usable label row at all is an InputError."""
+    sums, row_counts, problems = {}, {}, []
+    for path in walk_files(raw_dir, {".csv"}):
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as file:
             reader = csv.DictReader(file)
             missing = [c for c in ("Input.VIDEO_ID", "Input.CLIP", *ANSWER_COLUMNS) if c not in (reader.fieldnames or [])]
             if missing:
-                raise InputError(f"{path}: label CSV without column(s) {', '.join(missing)}")
-            for row in reader:
-                key = (row["Input.VIDEO_ID"].strip(), str(int(float(row["Input.CLIP"]))))
-                scores = np.array([float(row[c] or 0) for c in ANSWER_COLUMNS], np.float32)
-                sums[key] = sums.get(key, 0) + scores
+                problems.append((str(path), f"not a label CSV (no column {', '.join(missing)}); skipped"))
+                continue
+            for line, row in enumerate(reader, start=2):
+                try:
+                    video_id, clip = video_id_of(row["Input.VIDEO_ID"] or ""), str(int(float(row["Input.CLIP"])))
+                    scores = np.array([float(row[c] or 0) for c in ANSWER_COLUMNS], np.float32)
+                except (TypeError, ValueError, OverflowError):
+                    video_id, scores = "", None
+                if not video_id or scores is None or not np.isfinite(scores).all():
+                    problems.append((f"{path.name}:{line}", "no video id, or Input.CLIP / an Answer score is not a number; row skipped"))
+                    continue
+                sums[video_id, clip] = sums.get((video_id, clip), 0) + scores
+                row_counts[video_id, clip] = row_counts.get((video_id, clip), 0) + 1
     if not sums:
-        raise InputError(f"{raw_dir}: no label CSV (Labels/*.csv with Input.VIDEO_ID, Input.CLIP, Answer.* columns)")
-    return sums
+        raise InputError(f"{raw_dir}: no usable label row (Labels/*.csv with Input.VIDEO_ID, Input.CLIP, Answer.* columns)")
+    return sums, row_counts, problems
 
 
 def read_transcripts(raw_dir):
-    """{video_id: {clip: (start, end, text)}} from the segmented transcript files."""
-    transcripts = {}
-    for path in sorted(Path(raw_dir).rglob("*.txt")):
+    """({video_id: {clip: (start, end, text)}}, problems) from the segmented transcript files; in a file that has
+    such lines, a line that is not video___clip___start___end___text with numbers where numbers go is counted."""
+    transcripts, problems = {}, []
+    for path in walk_files(raw_dir, {".txt"}):
+        good = bad = 0
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             parts = line.strip().split("___", 4)
-            if len(parts) == 5:
+            try:
                 video, clip, start, end, text = parts
                 transcripts.setdefault(video, {})[str(int(float(clip)))] = (float(start), float(end), text.strip())
-    return transcripts
+                good += 1
+            except (ValueError, OverflowError):
+                bad += bool(line.strip())
+        if good and bad:  # a .txt without one such line is no segmented transcript (a full one, a readme)
+            problems.append((str(path), f"{bad} line(s) not video___clip___start___end___text; skipped"))
+    return transcripts, problems
 
 
 def preprocess(raw_dir, out_dir, *, img_interval=500, image_size=224, seed=0, cropper=None):
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    labels, transcripts = read_labels(raw_dir), read_transcripts(raw_dir)
-    videos = {path.stem: path for path in raw_dir.rglob("*.mp4")}
+    labels, label_rows, failures = read_labels(raw_dir)
+    transcripts, transcript_problems = read_transcripts(raw_dir)
+    failures += transcript_problems
+    videos = {path.stem: path for path in walk_files(raw_dir, {".mp4"})}
     processed, hcf_dir = out_dir / LAYOUT["mosei"][0], out_dir / LAYOUT["mosei"][2]
     cropper = cropper or make_cropper()
-    meta, by_video, failures = {}, {}, []
-    for video_id in progress(sorted({video for video, _ in labels}), desc="MOSEI videos"):
+    meta, by_video, labelled_clips = {}, {}, {}
+    for video_id, clip in labels:
+        labelled_clips.setdefault(video_id, []).append(clip)
+    for video_id in progress(sorted(labelled_clips), desc="MOSEI videos"):
         clips = {clip: span for clip, span in transcripts.get(video_id, {}).items() if (video_id, clip) in labels}
-        failures += [(f"{video_id}_{clip}", "no transcript line") for v, clip in labels if v == video_id and clip not in clips]
+        failures += [(f"{video_id}_{clip}", f"{label_rows[video_id, clip]} label row(s) match no transcript line")
+                     for clip in sorted(labelled_clips[video_id], key=int) if clip not in clips]
         if video_id not in videos:
             failures += [(f"{video_id}_{clip}", f"{raw_dir}: no {video_id}.mp4") for clip in clips]
             continue
@@ -102,58 +136,10 @@ def preprocess(raw_dir, out_dir, *, img_interval=500, image_size=224, seed=0, cr
     return len(meta), failures
 
 
-def make_mosei(out_dir, *, seed=0, videos=8, clips_per_video=3, clip_s=1.2, gap_s=0.4, fps=10, height=64, width=64, img_interval=500):
-    """out_dir/raw (videos, transcripts, two annotators' label CSV) and out_dir/processed = preprocess(raw).
-    Clip k of video v carries emotion (v + k) % 6 (cue word, tone, hue square), sometimes a second one; the
-    other annotator gives 0. Defect: one label row has no transcript line. Returns the sorted files written."""
-    from preprocess.fixtures import solid_frame, write_video
-    out_dir, written, label_rows = Path(out_dir), [], []
-    raw = out_dir / "raw"
-    for video in range(videos):
-        rng = np.random.default_rng([seed, video])
-        video_id = f"vid{video:03d}{'abc'[video % 3]}"
-        lines, spans = [], []
-        for clip in range(clips_per_video):
-            start = 0.4 + clip * (clip_s + gap_s)
-            emotion = (video + clip) % 6
-            present = {emotion} | ({(emotion + 3) % 6} if rng.random() < 0.3 else set())
-            words = list(rng.choice(FILLER, size=3))
-            words.insert(int(rng.integers(0, 4)), CUE_WORDS["sad_m" if MOSEI_EMOTIONS[emotion] == "sad" else MOSEI_EMOTIONS[emotion]])
-            lines.append(f"{video_id}___{clip}___{start:.3f}___{start + clip_s:.3f}___{' '.join(words)}")
-            spans.append((start, start + clip_s, emotion))
-            for annotator in range(2):
-                scores = [int(annotator == 0 and e in present) * int(rng.integers(1, 4)) for e in range(6)]
-                label_rows.append([video_id, clip, *scores])
-        label_rows.append([video_id, clips_per_video, 1, 0, 0, 0, 0, 0])  # labelled clip without transcript
-        duration = 0.4 + clips_per_video * (clip_s + gap_s)
-        wave = rng.normal(0, 0.01, round(duration * 16000)).astype(np.float32)
-        frames = []
-        for start, end, emotion in spans:
-            segment = planted_segment(emotion, end - start, rng)
-            wave[round(start * 16000):round(start * 16000) + len(segment)] += segment
-        for frame_index in range(round(duration * fps)):
-            time = frame_index / fps
-            active = [e for s, end, e in spans if s <= time < end]
-            frames.append(planted_picture(active[0], height, width, rng) if active else solid_frame(height, width, (60, 60, 60), noise=8, rng=rng))
-        written.append(write_video(raw / "Videos" / f"{video_id}.mp4", frames, fps=fps, audio=wave, crf=26, audio_bit_rate=64000))
-        transcript = raw / "Transcript" / f"{video_id}.txt"
-        transcript.parent.mkdir(parents=True, exist_ok=True)
-        transcript.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        written.append(transcript)
-    label_csv = raw / "Labels" / "batch_results.csv"
-    label_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(label_csv, "w", newline="", encoding="utf-8") as file:
-        csv.writer(file).writerows([["Input.VIDEO_ID", "Input.CLIP", *ANSWER_COLUMNS], *label_rows])
-    written.append(label_csv)
-    preprocess(raw, out_dir / "processed", img_interval=img_interval, seed=seed, cropper=make_cropper(None))  # no faces: centre crops
-    written += [p for p in (out_dir / "processed").rglob("*") if p.is_file()]
-    return sorted(written)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m preprocess.mosei", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("raw_dir", type=Path, help="the raw release: videos, segmented transcripts, label CSVs")
-    parser.add_argument("out_dir", type=Path, help="where the processed layout goes (train_fv2es.py --datapath)")
+    parser.add_argument("out_dir", type=Path, help="where the processed layout goes (train_fv2es.py --data)")
     parser.add_argument("--img-interval", type=int, default=500, help="ms between sampled frames (default %(default)s)")
     parser.add_argument("--image-size", type=int, default=224, help="side of the saved square images (default %(default)s)")
     parser.add_argument("--mtcnn", default="weights/mtcnn", help="folder with MTCNN pnet/rnet/onet.pt; centre crops without them (default %(default)s)")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import InputError
+from preprocess.tree import walk_files
 
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 FOUR_CLASSES = ("sad", "happy", "disgust", "angry")  # the seed's 4-class reduction
@@ -62,13 +63,14 @@ def parse_name(path):
 
 
 def scan_ravdess(root, *, channel="speech"):
-    """All trials under `root` (Actor_XX folders, any depth). Returns (trials, problems) where problems is a
-    list of (path, reason) for files that do not parse; they are reported, never guessed."""
+    """All trials under `root` (Actor_XX folders, any depth, folders that are symbolic links followed). Returns
+    (trials, problems) where problems is a list of (path, reason) for files that do not parse; they are reported,
+    never guessed."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: RAVDESS folder not found")
     trials, problems = {}, []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES and p.is_file()):
+    for path in walk_files(root, MEDIA_SUFFIXES):
         try:
             fields = parse_name(path)
             folder_actor = re.fullmatch(r"Actor_(\d{2})", path.parent.name)

@@ -20,7 +20,7 @@ import av
 import numpy as np
 
 from common import atomic_write
-from preprocess.media import MediaError, _open_container, decoded_ahead, use_decoder_threads
+from preprocess.media import MediaError, _open_container, decoded_ahead, display_matrix, use_decoder_threads
 
 
 def find_segments(scores, *, threshold=None, fraction=None, merge_gap=2, min_segment=2, top_k=None):
@@ -52,7 +52,7 @@ def write_scores_csv(path, scores):
     atomic_write(path, lambda f: f.write("second,score\n" + "".join(f"{i},{s:.6f}\n" for i, s in enumerate(scores))), binary=False)
 
 
-# the reel is a preview: superfast encodes 720p about 2x faster than veryfast (BENCHMARKS.md), at a bigger file
+# the reel is a preview: superfast encodes faster than veryfast, at a bigger file
 REEL_PRESET = "superfast"
 # audio codecs an mp4 holds as they are: the reel copies their packets instead of decoding and re-encoding them
 MP4_AUDIO_AS_IS = {"aac", "mp3", "ac3", "eac3"}
@@ -149,20 +149,22 @@ class _SpanReader:
 
 
 def _span_pictures(video, spans, width, height):
-    """(span index, yuv420p frame of width x height) for every frame shown inside a span, in reel order."""
+    """(span index, start_s, yuv420p frame of width x height) for every frame shown inside a span, in reel order."""
     for index, (span_start, span_end) in enumerate(spans):
         for start, frame in video.span(span_start, span_end):
             if start >= span_start:
-                yield index, frame.reformat(width=width, height=height, format="yuv420p")
+                yield index, start, frame.reformat(width=width, height=height, format="yuv420p")
 
 
 def write_reel(source, segments, out_path):
     """The segments' frames and audio (end inclusive, whole seconds) back to back in one mp4. Video is decoded
     and re-encoded (libx264), exact to the frame; audio that an mp4 holds as it is (AAC, MP3, AC-3) is copied
     packet by packet, each span's audio within half a packet (~11 ms for 48-kHz AAC) of its frames,
-    other audio is decoded and re-encoded as AAC. Video and audio are each read span by span from their own
-    container (_SpanReader: seeking, so a short reel of a long video decodes little of it), the video decoded
-    a few frames ahead of the encoder in a second thread; memory does not grow with the video's length."""
+    other audio is decoded and re-encoded as AAC. Each frame keeps its time within its span (a variable frame rate
+    stays in sync with the audio) and the source's display matrix is copied (a phone's portrait clip plays upright).
+    Video and audio are each read span by span from their own container (_SpanReader: seeking, so a short reel of a
+    long video decodes little of it), the video decoded a few frames ahead of the encoder in a second thread; memory
+    does not grow with the video's length."""
     spans = sorted((float(s["start"]), float(s["end"] + 1)) for s in segments)
     tmp_path = out_path.with_name(f".{out_path.name}.tmp.mp4")
     with _open_container(source) as container:
@@ -175,6 +177,7 @@ def write_reel(source, segments, out_path):
         audio_in = audio_stream.codec_context if has_audio else None
         audio_time_base = audio_stream.time_base if has_audio else None
         origin = stream_start(container.streams.video[0])  # audio times count from the video's start too (A/V offset kept)
+        video_time_base = container.streams.video[0].time_base
     video = _SpanReader(source, "video", convert=lambda frame: frame, duration=lambda frame: 0.0)
     audio = pictures = None
     try:
@@ -182,6 +185,7 @@ def write_reel(source, segments, out_path):
             video_out = output.add_stream("libx264", rate=rate)
             video_out.width, video_out.height = video_in.width // 2 * 2, video_in.height // 2 * 2
             video_out.pix_fmt, video_out.options = "yuv420p", {"crf": "23", "preset": REEL_PRESET}
+            video_out.codec_context.time_base = video_time_base  # frames keep their source times (VFR), offset per span
             if copy_audio:
                 with _open_container(source) as container:
                     audio_out = output.add_stream_from_template(container.streams.audio[0])
@@ -197,14 +201,17 @@ def write_reel(source, segments, out_path):
                                         [plain.to_ndarray() for plain in resampler.resample(frame)], axis=1))
             pictures = decoded_ahead(_span_pictures(video, spans, video_out.width, video_out.height))
             picture = next(pictures, None)
-            frames_written = samples_written = 0
+            if picture is not None and display_matrix(picture[2]) is not None:  # before anything is muxed
+                video_out.set_display_matrix(display_matrix(picture[2]))
+            reel_start = samples_written = 0  # reel_start: where the span starts in the reel (s; spans are whole seconds)
             audio_end = 0  # copied audio: where the packets so far end, in the source's audio time base
+            frame_pts = -1
             for index, (span_start, span_end) in enumerate(spans):
                 if copy_audio:
                     # packets are laid end to end (an mp4 player does so anyway); a packet is taken when its middle
                     # falls inside the span and after the audio already written, so each span's audio stays within
                     # half a packet of its frames, and the error does not add up over the spans
-                    span_pts = round(frames_written / rate / audio_time_base)  # the reel time of the span's first frame
+                    span_pts = round(reel_start / audio_time_base)
                     span_ticks = round((span_end - span_start) / audio_time_base)
                     for start, packet in audio.span(span_start - AUDIO_PACKET_MAX_S, span_end):
                         middle = span_pts + round((start - span_start) / audio_time_base) + (packet.duration or 0) / 2
@@ -222,11 +229,13 @@ def write_reel(source, segments, out_path):
                         output.mux(audio_out.encode(kept))
                         samples_written += int(keep.sum())
                 while picture is not None and picture[0] == index:
-                    frame = picture[1]
-                    frame.pts, frame.time_base = frames_written, 1 / rate
+                    _, start, frame = picture
+                    # strictly increasing even where a damaged source repeats a timestamp
+                    frame_pts = max(frame_pts + 1, round((reel_start + start - span_start) / video_time_base))
+                    frame.pts, frame.time_base = frame_pts, video_time_base
                     output.mux(video_out.encode(frame))
-                    frames_written += 1
                     picture = next(pictures, None)
+                reel_start += span_end - span_start
             output.mux(video_out.encode(None))
             if has_audio and not copy_audio:
                 output.mux(audio_out.encode(None))

@@ -128,3 +128,114 @@ def test_keep_freed_memory_stops_big_tensors_faulting_their_pages_in_again():
         assert kept == str(switch == "1")
     assert int(faults["0"]) > 20 * 19_000  # 20 x 80 MB of 4-KiB pages
     assert int(faults["1"]) < int(faults["0"]) / 3
+
+
+def test_to_device_moves_nested_batches_and_keeps_other_values():
+    batch = {"audio": torch.ones(2, 3), "text": (torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4)),
+             "hcf": {"t": torch.ones(2, 5, 3)}, "parts": [torch.ones(1)], "ids": ["a", "b"]}
+    moved = common.to_device(batch, torch.device("meta"))
+    assert moved["audio"].device.type == "meta" and moved["hcf"]["t"].shape == (2, 5, 3)
+    assert isinstance(moved["text"], tuple) and all(t.device.type == "meta" for t in moved["text"])
+    assert isinstance(moved["parts"], list) and moved["parts"][0].device.type == "meta"
+    assert moved["ids"] == ["a", "b"] and moved["text"][0].dtype == torch.long
+    eda, labels = common.to_device([torch.ones(3), torch.arange(3)], torch.device("cpu"))
+    assert torch.equal(labels, torch.arange(3))
+
+
+def test_write_failures_has_one_header(tmp_path):
+    import csv
+    common.write_failures(tmp_path, [("clip.mp4", "no audio stream"), ("b.wav", "empty, file")])
+    with open(tmp_path / "failures.csv", newline="") as file:
+        assert list(csv.DictReader(file)) == [{"item": "clip.mp4", "problem": "no audio stream"}, {"item": "b.wav", "problem": "empty, file"}]
+    common.write_failures(tmp_path, [])
+    assert (tmp_path / "failures.csv").read_text().strip() == "item,problem"
+
+
+def test_unreadable_array_errors_cover_cut_short_and_corrupt_npz(tmp_path):
+    import numpy as np
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.arange(1000))
+    payload = good.read_bytes()
+    for name, data in (("short.npz", payload[:len(payload) // 2]), ("text.npz", b"not an array"), ("empty.npy", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(common.UNREADABLE_ARRAY_ERRORS):
+            with np.load(tmp_path / name, allow_pickle=False) as stored:
+                stored["x"]
+    with pytest.raises(common.UNREADABLE_ARRAY_ERRORS), np.load(good) as stored:
+        stored["missing"]
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "plateau", "step", "none"])
+def test_training_state_resumes_any_scheduler(tmp_path, schedule):
+    """Two epochs straight equal one epoch, save, a fresh model/optimizer/scheduler, resume, one more epoch."""
+    import numpy as np
+
+    def build():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+        scheduler = {"onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=6),
+                     "plateau": lambda: torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=0),
+                     "step": lambda: torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5),
+                     "none": lambda: None}[schedule]()
+        return model, optimizer, scheduler
+
+    def epoch(model, optimizer, scheduler):
+        for _ in range(3):
+            loss = (model(torch.randn(8, 4)) - float(np.random.rand())).pow(2).mean()  # both RNGs feed the loss
+            optimizer.zero_grad(), loss.backward(), optimizer.step()
+            if schedule == "onecycle":
+                scheduler.step()
+        if schedule == "plateau":
+            scheduler.step(-loss.item())
+        elif schedule == "step":
+            scheduler.step()
+
+    torch.manual_seed(1), np.random.seed(1)
+    straight = build()
+    torch.manual_seed(1), np.random.seed(1)
+    epoch(*straight), epoch(*straight)
+    torch.manual_seed(1), np.random.seed(1)
+    first = build()
+    torch.manual_seed(1), np.random.seed(1)
+    epoch(*first)
+    model, optimizer, scheduler = first
+    common.save_training_state(tmp_path / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler, epoch=0, best_score=0.5, best_epoch=0)
+    torch.manual_seed(99), np.random.seed(99)  # resuming must restore both RNGs
+    resumed = build()
+    assert common.resume_training_state(tmp_path / "last.pt", model=resumed[0], optimizer=resumed[1], scheduler=resumed[2]) == (1, 0.5, 0)
+    epoch(*resumed)
+    assert torch.equal(resumed[0].weight, straight[0].weight)
+    assert resumed[1].param_groups[0]["lr"] == straight[1].param_groups[0]["lr"]
+
+
+def test_resume_refuses_another_schedule_length(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)
+    common.save_training_state(tmp_path / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler, epoch=0, best_score=0.0,
+                               best_epoch=0, total_steps=10)
+    with pytest.raises(InputError, match="--resume needs"):
+        common.resume_training_state(tmp_path / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler, total_steps=20)
+    assert common.resume_training_state(tmp_path / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler, total_steps=10)[0] == 1
+    onecycle = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=7)  # its own length is checked by default
+    with pytest.raises(InputError, match="--resume needs"):
+        common.resume_training_state(tmp_path / "last.pt", model=model, optimizer=optimizer, scheduler=onecycle)
+
+
+@pytest.mark.parametrize("script", ["train_av", "train_highlight", "train_meld", "train_gnn", "train_fv2es"])
+def test_every_flag_is_one_short_phrase_with_its_default_and_no_record(script):
+    """-h: each flag one short phrase that gives its default; no scores or machines in help strings or the docstring."""
+    import importlib
+    import re
+    module = importlib.import_module(script)
+    parser = module.build_parser()
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert action.help, action.option_strings
+        text = action.help % {"default": action.default} if "%(default)" in action.help else action.help
+        assert len(text) <= 100 and ("default" in text or "(required)" in text), (action.option_strings, text)
+    record = re.compile(r"\b0\.\d{3}\b|\bAVX|\bEPYC\b|\bcores?\b|\d\s*min\b|\d(\.\d+)?x faster")
+    for text in [module.__doc__, *(a.help or "" for a in parser._actions)]:
+        assert not record.search(text), record.search(text).group()

@@ -31,7 +31,8 @@ import train_meld
 from common import load_checkpoint
 from models.meld_emotion import MELDEmotionClassifier
 from processes import free_port
-from preprocess.meld import EMOTIONS, FIXTURE_WORDS, make_meld
+from preprocess.fixtures.meld import FIXTURE_WORDS, make_meld
+from preprocess.meld import EMOTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-6
@@ -54,7 +55,7 @@ def tiny_bert(folder):
 
 def test_two_processes_train_the_same_weights_as_one(tmp_path):
     make_meld(tmp_path / "meld", seed=0)
-    common = ["--data", str(tmp_path / "meld"), "--text-encoder", str(tiny_bert(tmp_path / "bert")), *FLAGS]
+    common = ["--data", str(tmp_path / "meld"), "--text-model", str(tiny_bert(tmp_path / "bert")), *FLAGS]
     train_meld.main([*common, "--cache", str(tmp_path / "cache1"), "--out", str(tmp_path / "one")])
 
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -1,4 +1,5 @@
 """Synthetic datasets are written in the real layouts, with readable media and a planted signal."""
+import ast
 import re
 import subprocess
 import sys
@@ -8,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preprocess.fixtures import KINDS, RAVDESS_HUE_DEG, RAVDESS_TONE_HZ, hue_rgb, make_ravdess
+from preprocess.fixtures.__main__ import KINDS
+from preprocess.fixtures.ravdess import HUE_DEG, TONE_HZ, make_ravdess
+from preprocess.fixtures.writers import hue_rgb
 from preprocess.media import load_audio, probe, read_frames
+from preprocess.tree import walk_files
 
 ROOT = Path(__file__).resolve().parent.parent
 RAVDESS_NAME = re.compile(r"Actor_(\d\d)/(0[123])-(01)-(0[1-8])-(0[12])-(0[12])-(0[12])-(\d\d)\.(mp4|wav)")
@@ -75,12 +79,12 @@ def test_ravdess_planted_signal_tone_and_hue_follow_the_emotion(ravdess):
         audio = load_audio(wav).numpy()
         spectrum = np.abs(np.fft.rfft(audio))
         peak_hz = np.argmax(spectrum) * 16000 / len(audio)
-        assert peak_hz == pytest.approx(RAVDESS_TONE_HZ[emotion], rel=0.08)
+        assert peak_hz == pytest.approx(TONE_HZ[emotion], rel=0.08)
 
         clip = wav.with_name("01" + wav.name[2:-4] + ".mp4")
         _, frames = read_frames(clip, fps=1)
         centre = frames[0, 20:28, 28:36].reshape(-1, 3).mean(axis=0)  # inside the 24-px square
-        expected = np.array(hue_rgb(RAVDESS_HUE_DEG[emotion], saturation=0.5, value=0.9), float)
+        expected = np.array(hue_rgb(HUE_DEG[emotion], saturation=0.5, value=0.9), float)
         assert np.abs(centre - expected).max() < 40, (emotion, centre, expected)
 
 
@@ -105,3 +109,33 @@ def test_cli_help_explains_each_flag():
     assert result.returncode == 0
     for word in ("kind", "out_dir", "--seed", *KINDS):
         assert word in result.stdout
+
+
+def test_no_parser_imports_the_fixtures_side():
+    """Fixtures import parsers (for names, and to build processed layouts), never the other way: no import cycle."""
+    parsers = [path for path in (ROOT / "preprocess").glob("*.py")]
+    assert len(parsers) >= 10
+    for path in parsers:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(name.startswith("preprocess.fixtures") for name in names), (path.name, names)
+    for kind in KINDS:  # every kind has its own module holding its make_<kind>
+        module = __import__(f"preprocess.fixtures.{kind}", fromlist=["_"])
+        assert getattr(module, f"make_{kind}") is KINDS[kind]
+
+
+def test_walk_files_follows_linked_folders_and_ends_link_loops(tmp_path):
+    store, data = tmp_path / "store", tmp_path / "data"
+    (store / "Actor_01").mkdir(parents=True)
+    (store / "Actor_01" / "a.wav").write_bytes(b"")
+    (data / "Actor_02").mkdir(parents=True)
+    (data / "Actor_02" / "b.WAV").write_bytes(b"")
+    (data / "Actor_02" / "notes.txt").write_bytes(b"")
+    (data / "Actor_01").symlink_to(store / "Actor_01", target_is_directory=True)
+    (data / "Actor_01_again").symlink_to(store / "Actor_01", target_is_directory=True)  # the same folder twice: read once
+    (data / "Actor_02" / "up").symlink_to(data, target_is_directory=True)  # a loop
+    (data / "broken.wav").symlink_to(tmp_path / "nowhere.wav")  # a dangling link is no file
+    assert data / "Actor_01" / "a.wav" not in list(data.rglob("*.wav"))  # what the parsers used before: linked folders not entered
+    assert walk_files(data, {".wav"}) == [data / "Actor_01" / "a.wav", data / "Actor_02" / "b.WAV"]
+    assert walk_files(data) == [data / "Actor_01" / "a.wav", data / "Actor_02" / "b.WAV", data / "Actor_02" / "notes.txt"]
+    assert walk_files(data / "Actor_01") == [data / "Actor_01" / "a.wav"]  # a linked root

@@ -29,7 +29,7 @@ def _predict_av(path, workdir):
 
 
 def _meta_json(path, workdir):
-    from preprocess.iemocap import read_meta
+    from preprocess.fv2es_reader import read_meta
     folder = path.parent / "fuzzed case meta"
     folder.mkdir()
     path.replace(folder / "meta.json")
@@ -68,7 +68,7 @@ def _make_av_checkpoints(workdir):
     import train_av
     from common import save_checkpoint
     for modalities in ("a", "v"):
-        args = vars(train_av.build_parser().parse_args(["--data", "x", "-mod", modalities, "--frame-size", "16", "--max-frames", "2"]))
+        args = vars(train_av.build_parser().parse_args(["--data", "x", "-mod", modalities, "--frame-size", "16", "--video-frames", "2"]))
         torch.manual_seed(0)
         save_checkpoint(Path(workdir) / f"av_{modalities}.pt", {"model": train_av.build_model(args, 8).state_dict(), "args": args,
                                                                  "class_names": list(train_av.EMOTIONS)})
@@ -159,7 +159,7 @@ def worker(tmp_path_factory):
 def seeds(tmp_path_factory):
     """The valid files the mutations start from, each with the byte range its `hot` mutations aim at."""
     import json
-    from preprocess.fixtures import solid_frame, tone, write_video, write_wav
+    from preprocess.fixtures.writers import solid_frame, tone, write_video, write_wav
     folder = tmp_path_factory.mktemp("fuzz_seeds")
     height, width = MP4_STREAMS["frames"]
     frames = [solid_frame(height, width, (20 * k, 90, 160)) for k in range(MP4_STREAMS["n_frames"])]
@@ -173,7 +173,7 @@ def seeds(tmp_path_factory):
             "2,Hi.,Ross,neutral,neutral,0,1,1,1,\"00:16:22,000\",\"00:16:23,100\"\n")
     (folder / "a.wav").write_bytes(wav)
     manifest = "path,label,group\na.wav,happy,s1\nmissing.wav,sad,s2\n"
-    e4 = "1604631600.000000\n4.000000\n0.51,2020-1106-1200-00-000\n0.52,2020-1106-1200-00-250,Sess01_script01_User001F_001\n"
+    e4 = "1604631600.000000,2020-1106-1200-00-000\n4.000000,hz\n0.51,2020-1106-1200-00-000\n0.52,2020-1106-1200-00-250,Sess01_script01_User001F_001\n"
     everywhere = (0, 1 << 30)
     return {"mp4": (mp4, (mp4.find(b"moov") - 4, len(mp4))), "wav": (wav, (0, 44)),  # the index / the RIFF + fmt header
             "json": (json.dumps(label, ensure_ascii=False).encode(), everywhere), "meta": (json.dumps(meta).encode(), everywhere),
@@ -233,5 +233,5 @@ def test_mutated_files_give_a_result_or_one_clear_error(worker, seeds, seed_name
             outcomes[outcome] += 1
 
     check()
-    if seed_name != "e4":  # read_e4 counts malformed lines instead of raising; the others must have said no sometimes
+    if seed_name != "e4":  # read_e4 counts malformed sample lines instead of raising; the others must have said no sometimes
         assert outcomes["input_error"] > 0

@@ -13,8 +13,12 @@ from PIL import Image
 
 from common import InputError
 from preprocess import iemocap, mosei
-from preprocess.iemocap import EMOTIONS, loso_splits, read_processed, speaker_side
-from preprocess.timeline import grid_times
+from preprocess.fixtures.iemocap import make_iemocap
+from preprocess.fixtures.mosei import make_mosei
+from preprocess.fv2es_layout import grid_times, make_cropper
+from preprocess.fv2es_reader import read_processed
+from preprocess.iemocap import EMOTIONS, loso_splits, speaker_side
+from preprocess.tree import walk_files
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -22,14 +26,14 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def iemocap_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("iemocap")
-    iemocap.make_iemocap(root)
+    make_iemocap(root)
     return root
 
 
 @pytest.fixture(scope="module")
 def mosei_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("mosei")
-    mosei.make_mosei(root)
+    make_mosei(root)
     return root
 
 
@@ -121,13 +125,17 @@ def test_reader_accepts_the_released_meta_pkl_and_reports_missing_files(iemocap_
 def test_mosei_presence_labels_split_and_frames(mosei_tree):
     processed = mosei_tree / "processed"
     meta = json.loads((processed / "MOSEI_RAW_PROCESSED" / "meta.json").read_text())
-    sums = {}
-    with open(mosei_tree / "raw" / "Labels" / "batch_results.csv") as file:
-        for row in csv.DictReader(file):
-            key = f"{row['Input.VIDEO_ID']}_{row['Input.CLIP']}"
-            sums[key] = sums.get(key, 0) + np.array([float(row[c]) for c in mosei.ANSWER_COLUMNS])
+    sums, prefixed = {}, set()
+    for path in sorted((mosei_tree / "raw" / "Labels").glob("*.csv")):
+        with open(path) as file:
+            for row in csv.DictReader(file):
+                key = f"{row['Input.VIDEO_ID'].split('/')[-1]}_{row['Input.CLIP']}"  # pom_extra_sqa_mono_results: <prefix>/<id>
+                sums[key] = sums.get(key, 0) + np.array([float(row[c]) for c in mosei.ANSWER_COLUMNS])
+                prefixed |= {key} if "/" in row["Input.VIDEO_ID"] else set()
     assert set(meta) == {k for k in sums if not k.endswith("_3")}  # clip 3 has no transcript line
-    assert {row[0] for row in list(csv.reader(open(processed / "failures.csv")))[1:]} == {k for k in sums if k.endswith("_3")}
+    assert {k for k in prefixed if not k.endswith("_3")} == {f"{v}_{c}" for v in ("vid002c", "vid005c") for c in range(3)}  # matched
+    failures = list(csv.reader(open(processed / "failures.csv")))[1:]
+    assert failures == [[k, "1 label row(s) match no transcript line"] for k in sorted(sums) if k.endswith("_3")]
     for clip_id, entry in meta.items():
         assert entry["label"] == (sums[clip_id] > 0).astype(int).tolist()
         expected = len([k for k in range(100) if entry["start_time"] <= k * 0.5 < entry["end_time"]])
@@ -139,8 +147,48 @@ def test_mosei_presence_labels_split_and_frames(mosei_tree):
     assert any(item.label.sum() > 1 for item in items.values())  # multi-label
 
 
+def test_mosei_label_files_that_are_not_labels_and_bad_rows_are_listed_not_fatal(mosei_tree, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(mosei_tree / "raw" / "Labels", raw / "Labels")
+    shutil.copytree(mosei_tree / "raw" / "Transcript", raw / "Transcript")
+    (raw / "Labels" / "extra_sentiment_only.csv").write_text("Input.VIDEO_ID,Input.CLIP,Answer.sentiment\nvid000a,0,2\n")
+    with open(raw / "Labels" / "Batch_2980374_batch_results.csv", "a", newline="") as file:
+        csv.writer(file).writerows([["vid000a", "zero", 1, 0, 0, 0, 0, 0], ["", 1, 1, 0, 0, 0, 0, 0], ["vid000a", 1, "nan", 0, 0, 0, 0, 0]])
+    sums, row_counts, problems = mosei.read_labels(raw)
+    lines = len((raw / "Labels" / "Batch_2980374_batch_results.csv").read_text().splitlines())
+    assert problems == [(f"Batch_2980374_batch_results.csv:{line}", "no video id, or Input.CLIP / an Answer score is not a number; row skipped")
+                        for line in (lines - 2, lines - 1, lines)] + [
+        (str(raw / "Labels" / "extra_sentiment_only.csv"), "not a label CSV (no column Answer.anger, Answer.disgust, Answer.fear, "
+                                                           "Answer.happiness, Answer.sadness, Answer.surprise); skipped")]
+    assert row_counts["vid002c", "0"] == 2 and ("pom/vid002c", "0") not in sums and len(sums) == 8 * 4
+    (raw / "Transcript" / "vid000a.txt").write_text("vid000a___0___0.4___1.6___hello there\nvid000a___one___x___y___broken\n")
+    transcripts, problems = mosei.read_transcripts(raw)
+    assert transcripts["vid000a"] == {"0": (0.4, 1.6, "hello there")} and len(transcripts) == 8
+    assert problems == [(str(raw / "Transcript" / "vid000a.txt"), "1 line(s) not video___clip___start___end___text; skipped")]
+    for name in ("Batch_2980374_batch_results.csv", "pom_extra_sqa_mono_results.csv"):
+        (raw / "Labels" / name).unlink()
+    with pytest.raises(InputError, match="no usable label row"):
+        mosei.read_labels(raw)
+
+
+def test_raw_trees_of_linked_folders_are_read_like_real_folders(iemocap_tree, mosei_tree, tmp_path):
+    linked = tmp_path / "mosei"
+    linked.mkdir()
+    for part in ("Labels", "Transcript", "Videos"):
+        (linked / part).symlink_to(mosei_tree / "raw" / part, target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)
+    assert mosei.read_labels(linked)[0].keys() == mosei.read_labels(mosei_tree / "raw")[0].keys()
+    assert mosei.read_transcripts(linked) == mosei.read_transcripts(mosei_tree / "raw")
+    assert [p.name for p in walk_files(linked, {".mp4"})] == [f"vid{v:03d}{'abc'[v % 3]}.mp4" for v in range(8)]
+    raw = tmp_path / "iemocap"
+    raw.mkdir()
+    (raw / "Session1").symlink_to(iemocap_tree / "raw" / "Session1", target_is_directory=True)
+    kept, failures = iemocap.preprocess(raw, tmp_path / "out", cropper=make_cropper(None))
+    assert kept == 3 * 6 and failures == []
+
+
 def test_centre_crop_fallback_is_the_true_centre():
     frame = np.zeros((60, 100, 3), np.uint8)
     frame[:, 20:80] = 200  # the central 60x60 square
-    crop, found = iemocap.make_cropper(None).crop(frame)
+    crop, found = make_cropper(None).crop(frame)
     assert crop.shape == (48, 48, 3) and not found and (crop == 200).all()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common import InputError
-from preprocess.fixtures import solid_frame, tone, write_video, write_wav
+from preprocess.fixtures.writers import solid_frame, tone, write_video, write_wav
 from preprocess.media import MediaError, decoded_ahead, iter_audio, iter_frames, load_audio, probe, read_frames
 
 CLIP_FPS = 10

@@ -24,7 +24,7 @@ import train_av
 import train_fv2es
 import train_highlight
 from common import InputError, run_main, save_checkpoint
-from preprocess.fixtures import solid_frame, tone, write_video, write_wav
+from preprocess.fixtures.writers import solid_frame, tone, write_video, write_wav
 from preprocess.media import MediaError, load_audio, probe, read_frames
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -148,7 +148,7 @@ def av_checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("av_ckpt")
     paths = {}
     for modalities in ("a", "v"):
-        args = vars(train_av.build_parser().parse_args(["--data", "x", "-mod", modalities, "--frame-size", "32", "--max-frames", "4"]))
+        args = vars(train_av.build_parser().parse_args(["--data", "x", "-mod", modalities, "--frame-size", "32", "--video-frames", "4"]))
         torch.manual_seed(0)
         model = train_av.build_model(args, 8)
         paths[modalities] = save_checkpoint(folder / f"{modalities}.pt", {"model": model.state_dict(), "args": args,
@@ -393,7 +393,8 @@ def test_dataset_fails_only_when_nothing_usable_remains(manifest_corpus, tmp_pat
 
 
 def test_corrupt_label_json_is_listed_and_the_video_keeps_its_good_annotators(tmp_path):
-    from preprocess.aihub import make_aihub, scan_aihub
+    from preprocess.aihub import scan_aihub
+    from preprocess.fixtures.aihub import make_aihub
     make_aihub(tmp_path, categories=("반려동물및동물",), videos_per_category=1, annotators=1, duration_s=40, fps=1, height=16, width=16, seed=0)
     [good] = list(tmp_path.rglob("*_001.json"))
     payload = json.loads(good.read_text(encoding="utf-8"))
@@ -442,13 +443,13 @@ def test_processed_fv2es_meta_that_does_not_parse_is_one_line(tmp_path, capsys):
              '{"Ses01F_impro01_F000": {"label": "bored"}}': "label 'bored' is none of"}
     for text, problem in cases.items():
         (meta_dir / "meta.json").write_text(text)
-        code, lines = one_line_error(capsys, train_fv2es.main, ["-lr", "1e-3", "--datapath", str(tmp_path), "--out", str(tmp_path / "run"),
+        code, lines = one_line_error(capsys, train_fv2es.main, ["-lr", "1e-3", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
                                                                 "-mod", "a", "--device", "cpu"])
         assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {meta_dir}") and problem in lines[0], (text, lines)
 
 
 def test_fv2es_meta_entries_that_do_not_parse_are_skipped_and_listed(tmp_path):
-    from preprocess.iemocap import read_processed
+    from preprocess.fv2es_reader import read_processed
     meta_dir, split_dir = tmp_path / "IEMOCAP_RAW_PROCESSED", tmp_path / "IEMOCAP_SPLIT"
     meta_dir.mkdir(), split_dir.mkdir()
     good = {f"Ses01F_impro01_F00{i}": {"label": "ang", "text": "hi"} for i in range(3)}
@@ -470,7 +471,7 @@ def test_fv2es_meta_entries_that_do_not_parse_are_skipped_and_listed(tmp_path):
 def test_nan_and_inf_sensor_values_are_malformed_lines(tmp_path):
     from preprocess.kemdy20 import read_e4
     path = tmp_path / "eda.csv"
-    path.write_text("header\nheader\n0.5,2020-1106-1200-00-000\nnan,2020-1106-1200-00-250\ninf,2020-1106-1200-00-500\n"
+    path.write_text("1604631600.000000,2020-1106-1200-00-000\n4.000000,hz\n0.5,2020-1106-1200-00-000\nnan,2020-1106-1200-00-250\ninf,2020-1106-1200-00-500\n"
                     "0.7,2020-1106-1200-00-750,Sess01_script01_User001F_001\n")
     values, times, segments, bad = read_e4(path)
     assert values.tolist() == [0.5, 0.7] and bad == 2 and segments == ["", "sess01_script01_user001f_001"]
@@ -516,7 +517,7 @@ def test_gnn_stage_caches_rebuild_when_corrupt(tmp_path, capsys):
 
 def test_fv2es_corrupt_face_cache_is_recropped_and_corrupt_features_are_one_line(tmp_path):
     from PIL import Image
-    from preprocess.iemocap import Item
+    from preprocess.fv2es_reader import Item
     folder = tmp_path / "Ses01F_impro01" / "Ses01F_impro01_F000"
     folder.mkdir(parents=True)
     for index in range(2):
@@ -524,13 +525,13 @@ def test_fv2es_corrupt_face_cache_is_recropped_and_corrupt_features_are_one_line
     np.save(folder / "faces_L.npy", np.zeros((2, 48, 48, 3), np.uint8))
     (folder / "faces_L.npy").write_bytes((folder / "faces_L.npy").read_bytes()[:200])  # cut short
     args = train_fv2es.build_parser().parse_args(["-lr", "1", "-mod", "v", "--cache", str(tmp_path / "cache"), "--mtcnn", str(tmp_path / "none"),
-                                                  "--datapath", str(tmp_path)])
+                                                  "--data", str(tmp_path)])
     item = Item("Ses01F_impro01_F000", folder, "", np.eye(6, dtype=np.float32)[0], "L", "Ses01F_impro01", 1)
     dataset = train_fv2es.Utterances({item.id: item}, [item.id], args)
     faces = dataset.faces(item)
     assert faces.shape == (2, 48, 48, 3) and faces.mean() > 50  # re-cropped from the jpgs (the cut file held zeros)
     args.model, args.modalities = "lf_rnn", "a"
-    hcf = Path(args.datapath) / train_fv2es.LAYOUT[args.dataset][2] / f"{item.id}.npz"
+    hcf = Path(args.data) / train_fv2es.LAYOUT[args.dataset][2] / f"{item.id}.npz"
     hcf.parent.mkdir(parents=True)
     hcf.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(InputError, match="unreadable hand-crafted features"):
@@ -546,7 +547,7 @@ def test_checkpoints_and_caches_never_unpickle(tmp_path):
     """Every torch.load in the project passes weights_only=True, every np.load allow_pickle=False, and pickle.load
     appears once: for the documented FV2ES meta.pkl. A checkpoint holding a pickled object is refused."""
     import re
-    sources = [p for p in ROOT.glob("*.py")] + [p for folder in ("preprocess", "models", "bench") for p in (ROOT / folder).glob("*.py")]
+    sources = [p for p in ROOT.glob("*.py")] + [p for folder in ("preprocess", "models", "bench") for p in (ROOT / folder).rglob("*.py")]
     unsafe, checked = [], 0
     for path in sources:
         text = path.read_text(encoding="utf-8")
@@ -557,7 +558,7 @@ def test_checkpoints_and_caches_never_unpickle(tmp_path):
                 unsafe.append(f"{path.name}:{line}")
             elif name.endswith(".load") and "np" in name and "allow_pickle=False" not in rest:
                 unsafe.append(f"{path.name}:{line}")
-            elif name.startswith("pickle") and not (path.name == "iemocap.py" and "meta.pkl" in text[max(0, call.start() - 600):call.start()]):
+            elif name.startswith("pickle") and not (path.name == "fv2es_reader.py" and "meta.pkl" in text[max(0, call.start() - 600):call.start()]):
                 unsafe.append(f"{path.name}:{line}")
     assert unsafe == [] and checked >= 10, (unsafe, checked)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -574,7 +575,7 @@ def test_checkpoints_and_caches_never_unpickle(tmp_path):
 def test_highlight_video_whose_labels_claim_another_length_is_skipped(tmp_path):
     """A label file that says 400 s for a 40-s video would pad 360 s of made-up features: the video is listed
     in failures.csv and the run goes on with the others."""
-    from preprocess.aihub import make_aihub
+    from preprocess.fixtures.aihub import make_aihub
     data = tmp_path / "aihub"
     make_aihub(data, categories=("반려동물및동물", "스포츠"), videos_per_category=3, annotators=1, duration_s=40, fps=1, height=16, width=16, seed=0)
     label = sorted(data.rglob("*.json"))[0]
@@ -585,7 +586,7 @@ def test_highlight_video_whose_labels_claim_another_length_is_skipped(tmp_path):
     metrics = train_highlight.main(["--data", str(data), "-mod", "a", "--hidden", "8", "--epochs", "1", "--cache", str(tmp_path / "cache"),
                                     "--out", str(out), "--device", "cpu"])
     with open(out / "failures.csv", newline="", encoding="utf-8") as file:
-        problems = {Path(row["file"]).stem: row["problem"] for row in csv.DictReader(file)}
+        problems = {Path(row["item"]).stem: row["problem"] for row in csv.DictReader(file)}
     stem = label.stem.rsplit("_", 1)[0]
     assert "s of media but its label files say 400 s" in problems[stem], problems
     split = json.loads((out / "split.json").read_text(encoding="utf-8"))

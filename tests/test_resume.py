@@ -11,8 +11,8 @@ import pytest
 import train_highlight
 import train_meld
 from common import InputError
-from preprocess.aihub import make_aihub
-from preprocess.meld import make_meld
+from preprocess.fixtures.aihub import make_aihub
+from preprocess.fixtures.meld import make_meld
 from processes import kill_after_first_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -52,7 +52,7 @@ def test_meld_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
 def test_gnn_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     import shutil
     import train_gnn
-    from preprocess.kemdy20 import make_kemdy20
+    from preprocess.fixtures.kemdy20 import make_kemdy20
     make_kemdy20(tmp_path / "kemdy20", sessions=(1, 2, 3, 4, 5), scripts=(1,))
     flags = ["--val-sessions", "4", "--test-sessions", "5", "--encoder-width", "8", "--encoder-epochs", "1", "--encoder-batch-size", "64",
              "--block-size", "32", "--gnn-epochs", "30", "--device", "cpu"]

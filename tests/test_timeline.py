@@ -11,7 +11,8 @@ from torch import nn
 
 import train_av
 import train_highlight
-from preprocess.fixtures import make_ravdess, solid_frame, write_video
+from preprocess.fixtures.ravdess import make_ravdess
+from preprocess.fixtures.writers import solid_frame, write_video
 from preprocess.media import load_audio
 from preprocess.timeline import (SAMPLE_RATE, FaceAnalyser, SpeechEmotion, build_timeline, emotional_intensity,
                                  intensity_components, iter_seconds, write_timeline)
@@ -185,7 +186,7 @@ def test_faces_found_at_reduced_resolution_at_the_right_seconds(tmp_path):
 
 def test_highlight_model_trains_and_predicts_on_timeline_features(speech_model, tmp_path):
     from common import InputError, load_checkpoint
-    from preprocess.aihub import make_aihub
+    from preprocess.fixtures.aihub import make_aihub
     ckpt, _ = speech_model
     make_aihub(tmp_path / "aihub", categories=("스포츠", "음식"), videos_per_category=3, annotators=1, seed=2)
     out = tmp_path / "run"

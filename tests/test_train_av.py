@@ -16,11 +16,11 @@ import train_av
 from common import InputError
 from models.av_emotion import AUDIO_ENCODERS, MelEncoder, standardise_log_mels
 from preprocess.features import log_mel
-from preprocess.fixtures import make_ravdess
+from preprocess.fixtures.ravdess import make_ravdess
 from processes import kill_after_first_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--epochs", "2", "--batch-size", "8", "--frame-size", "32", "--video-fps", "5", "--max-frames", "4",
+FAST = ["--epochs", "2", "--batch-size", "8", "--frame-size", "32", "--video-fps", "5", "--video-frames", "4",
         "--test-actors", "6", "--val-actors", "5"]
 
 
@@ -50,6 +50,10 @@ def test_every_modality_trains_and_predicts(ravdess, tmp_path, modalities):
     [prediction] = train_av.main(["--predict", str(clip), "--ckpt", str(out / "model.pt")])
     assert prediction["prediction"] in train_av.EMOTIONS
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    state = torch.load(out / "model.pt", weights_only=True)  # a checkpoint saved while --video-frames was --max-frames
+    state["args"]["max_frames"] = state["args"].pop("video_frames")
+    torch.save(state, tmp_path / "old.pt")
+    assert train_av.main(["--predict", str(clip), "--ckpt", str(tmp_path / "old.pt")]) == [prediction]
 
 
 @pytest.mark.parametrize("modalities", ["a", "v"])
@@ -74,6 +78,19 @@ def test_twins_share_a_trial_and_splits_are_actor_disjoint(ravdess, tmp_path):
         assert (av_file.parent / f"02-{twin_key}.mp4").is_file()
         assert twin_key in keys["train"]
     assert sum(len(k) for k in keys.values()) == 6 * 15
+
+
+def test_a_tree_of_linked_actor_folders_trains(ravdess, tmp_path):
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for actor in sorted(ravdess.glob("Actor_*")):
+        (linked / actor.name).symlink_to(actor, target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)  # a link loop ends
+    out, metrics = run(linked, tmp_path, "-mod", "a")
+    split = json.loads((out / "split.json").read_text())
+    assert metrics["test"]["n"] == 15 and metrics["test"]["groups"] == ["06"]
+    assert sum(len(split[part]["trials"]) for part in ("train", "val", "test")) == 6 * 15  # each trial once, though reachable twice
+    assert json.loads((out / "args.json").read_text())["args"]["data"] == str(linked)
 
 
 def test_folds_are_actor_disjoint_and_pooled(ravdess, tmp_path):
@@ -248,13 +265,12 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'}: RAVDESS folder not found"]
     with pytest.raises(InputError, match="no audio stream"):
         clip = tmp_path / "silent.mp4"
-        from preprocess.fixtures import solid_frame, write_video
+        from preprocess.fixtures.writers import solid_frame, write_video
         write_video(clip, [solid_frame(32, 32, (10, 20, 30))] * 5, fps=5)
         train_av.main(["--predict", str(clip), "--ckpt", str(make_audio_checkpoint(tmp_path))])
 
 
 def make_audio_checkpoint(tmp_path):
-    import torch
     from common import save_checkpoint
     args = vars(train_av.build_parser().parse_args(["--data", "x", "-mod", "a"]))
     model = train_av.build_model(args, 8)

@@ -16,8 +16,8 @@ import train_fv2es
 from common import InputError
 from models.fv2es import AUDIO_SIZES, MME2E, NestedAudioEncoder, VisualCNN
 from models.repvgg import FusedRepVGGBlock, RepVGGBlock, fuse_repvgg
-from preprocess.iemocap import CUE_WORDS, FILLER, make_iemocap
-from preprocess.mosei import make_mosei
+from preprocess.fixtures import iemocap as iemocap_fixture, mosei as mosei_fixture
+from preprocess.fixtures.fv2es import FILLER
 from processes import free_port, kill_after_first_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -29,11 +29,11 @@ TINY = ["-ep", "1", "-bs", "6", "--audio-size", "tiny", "--trans-dim", "16", "--
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory):
     root = tmp_path_factory.mktemp("fv2es")
-    make_iemocap(root / "iemocap")
-    make_mosei(root / "mosei")
+    iemocap_fixture.make_iemocap(root / "iemocap")
+    mosei_fixture.make_mosei(root / "mosei")
     text_model = root / "tiny-bert"
     from transformers import BertConfig, BertModel, BertTokenizerFast
-    words = sorted(set(CUE_WORDS.values()) | set(FILLER) | {"hmm"})
+    words = sorted(set(iemocap_fixture.CUE_WORDS.values()) | set(mosei_fixture.CUE_WORDS.values()) | set(FILLER) | {"hmm"})
     text_model.mkdir()
     (text_model / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     BertTokenizerFast(vocab_file=str(text_model / "vocab.txt")).save_pretrained(text_model)
@@ -46,7 +46,7 @@ def trees(tmp_path_factory):
 
 def train(trees, tmp_path, *extra, dataset="iemocap"):
     out = tmp_path / "run"
-    metrics = train_fv2es.main(["-lr=1e-3", "--datapath", str(trees[dataset]), "--dataset", dataset, "--text-model", str(trees["text"]),
+    metrics = train_fv2es.main(["-lr=1e-3", "--data", str(trees[dataset]), "--dataset", dataset, "--text-model", str(trees["text"]),
                                 "--out", str(out), "--cache", str(tmp_path / "cache"), *TINY, *extra])
     return out, metrics
 
@@ -107,6 +107,12 @@ def test_hand_crafted_baselines_train_and_test(trees, tmp_path, model):
     check_metrics(out, metrics)
     again = train_fv2es.main(["--test", "--ckpt", str(out / "model.pt")])
     assert again["test"]["mean_f1"] == pytest.approx(metrics["test"]["mean_f1"])
+    state = torch.load(out / "model.pt", weights_only=True)  # a checkpoint whose args use the names older versions saved
+    old_names = {"data": "datapath", "lr": "learning_rate", "hidden": "hidden_size", "layers": "num_layers"}
+    state["args"] = {old_names.get(key, key): value for key, value in state["args"].items()}
+    torch.save(state, tmp_path / "old.pt")
+    old = train_fv2es.main(["--test", "--ckpt", str(tmp_path / "old.pt")])
+    assert old["test"]["mean_f1"] == pytest.approx(metrics["test"]["mean_f1"])
 
 
 @pytest.mark.parametrize("flags", [["-mo", "lf_rnn", "--gru", "--fusion", "early", "--loss", "mse", "--optim", "sgd", "-sc", "-cl", "1"],
@@ -125,10 +131,10 @@ def test_text_only_needs_no_frames_or_audio_on_disk(trees, tmp_path):
     (bare / "IEMOCAP_RAW_PROCESSED").mkdir()
     shutil.copy(trees["iemocap"] / "IEMOCAP_RAW_PROCESSED" / "meta.json", bare / "IEMOCAP_RAW_PROCESSED")
     out = tmp_path / "run"
-    train_fv2es.main(["-lr", "1e-3", "-mod", "t", "--datapath", str(bare), "--text-model", str(trees["text"]), "--out", str(out), *TINY])
+    train_fv2es.main(["-lr", "1e-3", "-mod", "t", "--data", str(bare), "--text-model", str(trees["text"]), "--out", str(out), *TINY])
     assert (out / "metrics.json").is_file()
     with pytest.raises(InputError, match="no faces_L.npy or image_L_"):
-        train_fv2es.main(["-lr", "1e-3", "-mod", "v", "--datapath", str(bare), "--out", str(tmp_path / "v"), *TINY])
+        train_fv2es.main(["-lr", "1e-3", "-mod", "v", "--data", str(bare), "--out", str(tmp_path / "v"), *TINY])
 
 
 def test_mosei_multilabel_and_loso(trees, tmp_path):
@@ -150,7 +156,7 @@ def test_thresholds_never_see_test_labels(trees, tav_run, tmp_path):
     for utt_id in split["test"]:  # every test label moved to another class
         meta[utt_id]["label"] = train_fv2es.EMOTIONS[(train_fv2es.EMOTIONS.index(meta[utt_id]["label"]) + 3) % 6]
     meta_path.write_text(json.dumps(meta))
-    moved = train_fv2es.main(["--test", "--ckpt", str(out / "model.pt"), "--datapath", str(flipped), "--out", str(tmp_path / "eval")])
+    moved = train_fv2es.main(["--test", "--ckpt", str(out / "model.pt"), "--data", str(flipped), "--out", str(tmp_path / "eval")])
     assert moved["thresholds"] == metrics["thresholds"]
     assert moved["valid"]["mean_f1"] == pytest.approx(metrics["valid"]["mean_f1"])
     assert moved["test"]["accuracy_6way"] != metrics["test"]["accuracy_6way"]  # the test labels were really read
@@ -227,8 +233,10 @@ def test_predict_on_a_fixture_video_with_and_without_transcript(trees, tav_run, 
 
 def test_original_flags_parse_in_short_and_long_form():
     parser = train_fv2es.build_parser()
-    assert parser.parse_args(["-lr=4.5e-6"]).learning_rate == 4.5e-6
-    assert parser.parse_args(["-lr", "4.5e-6"]).learning_rate == 4.5e-6
+    assert parser.parse_args(["-lr=4.5e-6"]).lr == 4.5e-6
+    assert parser.parse_args(["-lr", "4.5e-6"]).lr == 4.5e-6
+    assert vars(parser.parse_args(["--learning-rate", "1e-4", "--datapath", "D", "--num-layers", "2", "--hidden-size", "8"])) == vars(
+        parser.parse_args(["--lr", "1e-4", "--data", "D", "--layers", "2", "--hidden", "8"]))  # the original spellings are aliases
     short = parser.parse_args("-bs 3 -wd 0.1 -ep 5 -es 2 -cu 1 -cl 0.5 -sc -se 7 -mo lf_rnn -hfcs 1 2 3 -aft 0 -mod ta -dr 0.2 -nl 3 -hs 8 -bi "
                               "-st 0.5".split())
     long = parser.parse_args("--batch-size 3 --weight-decay 0.1 --epochs 5 --early-stop 2 --cuda 1 --clip 0.5 --scheduler --seed 7 --model lf_rnn "
@@ -244,11 +252,11 @@ def test_original_flags_parse_in_short_and_long_form():
 
 def test_bad_input_is_one_clear_error(trees, tmp_path):
     with pytest.raises(InputError, match="needs -lr"):
-        train_fv2es.main(["--datapath", str(trees["iemocap"]), "--out", str(tmp_path / "x")])
+        train_fv2es.main(["--data", str(trees["iemocap"]), "--out", str(tmp_path / "x")])
     with pytest.raises(InputError, match="-mod tx"):
-        train_fv2es.main(["-lr", "1", "-mod", "tx", "--datapath", str(trees["iemocap"])])
+        train_fv2es.main(["-lr", "1", "-mod", "tx", "--data", str(trees["iemocap"])])
     with pytest.raises(InputError, match="meta.json or meta.pkl"):
-        train_fv2es.main(["-lr", "1", "--datapath", str(tmp_path), "--out", str(tmp_path / "x")])
+        train_fv2es.main(["-lr", "1", "--data", str(tmp_path), "--out", str(tmp_path / "x")])
     bad = tmp_path / "t.txt"
     bad.write_text("zero one hello\n")
     with pytest.raises(InputError, match="t.txt:1: expected `start end text`"):
@@ -257,7 +265,7 @@ def test_bad_input_is_one_clear_error(trees, tmp_path):
 
 def test_kill_and_resume_gives_the_uninterrupted_result(trees, tmp_path):
     """kill -9 once the first epoch's last.pt exists, --resume, and land on the metrics of one clean run."""
-    command = [sys.executable, "train_fv2es.py", "-lr=1e-3", "--datapath", str(trees["iemocap"]), "--cache", str(tmp_path / "cache"),
+    command = [sys.executable, "train_fv2es.py", "-lr=1e-3", "--data", str(trees["iemocap"]), "--cache", str(tmp_path / "cache"),
                *TINY, "-mod", "a", "-ep", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([*command, "--out", str(tmp_path / "clean")], check=True, cwd=ROOT, capture_output=True, env=env)
@@ -273,7 +281,7 @@ def test_ddp_on_two_cpu_processes(trees, tmp_path):
     port = free_port()
     out = tmp_path / "ddp"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "train_fv2es.py",
-                             "-lr=1e-3", "--datapath", str(trees["iemocap"]), "--cache", str(tmp_path / "cache"), "--out", str(out), *TINY,
+                             "-lr=1e-3", "--data", str(trees["iemocap"]), "--cache", str(tmp_path / "cache"), "--out", str(out), *TINY,
                              "-mod", "ta", "--text-model", str(trees["text"])],
                             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]

@@ -3,7 +3,9 @@ irregular names, failures), all four stages, the planted signal learned well abo
 SPELL graphs equal to a brute-force builder, no test-session node in a training graph, --resume, the
 parameter count of the SPEC's GNN, and the probes of train_highlight.py on the same tree."""
 import csv
+import datetime
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -17,12 +19,16 @@ import train_gnn
 from common import InputError
 from models.graph import EdgeConv, SAGEConv
 from models.kemdy20 import NodeEncoders, TemporalGNN, count_parameters
-from preprocess.kemdy20 import (EDA_STEP, EMOTIONS, TONE_HZ, build_nodes, parse_e4_time, parse_emotion, read_e4,
+from preprocess.fixtures.kemdy20 import EDA_STEP, TONE_HZ
+from preprocess.kemdy20 import (EMOTIONS, build_nodes, clean_transcript, header_columns, parse_e4_time, parse_emotion, read_e4,
                                 scan_kemdy20)
 from preprocess.media import load_audio
 from preprocess.spell_graph import block_edges, brute_force_edges, build_graphs, edge_sets
 
 ROOT = Path(__file__).resolve().parents[1]
+# the release's header rows, as the issue quotes them
+RELEASED_TITLE = "Numb,WAV, ,Segment ID,Total Evaluation, , ,Eval01F, , ,Eval02M,"
+RELEASED_NAMES = " ,start,end, ,Emotion,Valence,Arousal,Emotion,Valence,Arousal,"
 FAST = ["--val-sessions", "4", "--test-sessions", "5", "--encoder-width", "8", "--encoder-epochs", "3",
         "--encoder-batch-size", "32", "--block-size", "32", "--gnn-epochs", "40"]
 
@@ -76,6 +82,88 @@ def test_fixture_layout_and_planted_signal(kemdy20):
     assert np.corrcoef(steps, nodes["eda"][:, 5])[0, 1] > 0.5  # EDA rises with the planted emotion step
 
 
+def test_fixture_headers_are_the_released_ones(kemdy20):
+    title, names = (kemdy20 / "annotation" / "Sess03_eval.csv").read_text(encoding="utf-8").splitlines()[:2]
+    assert title.startswith(RELEASED_TITLE) and title.endswith(",Eval10M, , ") and names.startswith(RELEASED_NAMES)
+    assert names == " ,start,end, ," + ",".join(["Emotion,Valence,Arousal"] * 11)
+    for signal in ("EDA", "TEMP"):
+        start, rate = (kemdy20 / signal / "Session02" / "Sess02_script01_User003F.csv").read_text().splitlines()[:2]
+        match = re.fullmatch(r"(\d{10}\.000000),(2020-\d{4}-\d{4}-\d\d-\d{3})", start)  # e.g. 1597976852.000000,2020-0821-1127-32-000
+        assert match and rate == "4.000000,hz", (start, rate)
+        local = datetime.datetime.fromtimestamp(float(match[1]), datetime.timezone(datetime.timedelta(hours=9)))
+        assert f"{local:%Y-%m%d-%H%M-%S}-000" == match[2]  # the unix start is the stamp's instant in Korean time
+    # read: the header lines are no samples; the first sample is the first line after them
+    path = kemdy20 / "EDA" / "Session02" / "Sess02_script01_User003F.csv"
+    values, times, _, bad = read_e4(path)
+    lines = path.read_text().splitlines()
+    assert bad == 0 and len(values) == len(lines) - 2 and values[0] == float(lines[2].split(",")[0]) and values.max() < 100
+    assert times[0] == parse_e4_time(lines[2].split(",")[1])
+    # transcripts keep the ETRI noise tags; about half carry one, and clean_text drops it
+    utterances, _ = scan_kemdy20(kemdy20)
+    tagged = [u for u in utterances if re.search(r"(^| )[bclnu]/", u.text)]
+    assert 0.4 <= len(tagged) / len(utterances) <= 0.6 and {u.text.split()[0] for u in tagged} & {"b/", "c/", "l/", "n/", "u/"}
+    for u in utterances:
+        assert "/" not in u.clean_text and u.clean_text in u.text and ("감정의" in u.clean_text)
+    assert clean_transcript("c/ 어 그래? n/") == "어 그래?" and clean_transcript("l/ 하하  진짜 u/ 몰라") == "하하 진짜 몰라"
+    assert clean_transcript("and/or 1/2") == "and/or 1/2"  # only a tag at the start of a word
+
+
+def test_annotation_columns_are_found_by_name_not_position(kemdy20, tmp_path):
+    assert header_columns(RELEASED_TITLE.split(","), RELEASED_NAMES.split(",")) == (
+        {"start": 1, "end": 2, "segment id": 3, "emotion": 4, "valence": 5, "arousal": 6}, [])
+    data = tmp_path / "data"
+    shutil.copytree(kemdy20, data)
+    table = data / "annotation" / "Sess01_eval.csv"
+    rows = list(csv.reader(table.read_text(encoding="utf-8").splitlines()))
+    order = [3, 0, 4, 5, 6, 1, 2] + list(range(7, len(rows[0])))  # Segment ID first, the WAV pair after the total evaluation
+    moved = [[row[i] for i in order] for row in rows]
+    table.write_bytes("\r\n".join(",".join(row) for row in moved).encode("cp949"))  # and cp949, as some sessions are
+    assert moved[0][:7] == ["Segment ID", "Numb", "Total Evaluation", " ", " ", "WAV", " "]
+    before, _ = scan_kemdy20(kemdy20)
+    after, problems = scan_kemdy20(data)
+    assert problems == [] and [u.segment_id for u in after] == [u.segment_id for u in before]
+    assert [(u.start_s, u.end_s, u.emotion, u.valence, u.arousal) for u in after] == [(u.start_s, u.end_s, u.emotion, u.valence, u.arousal) for u in before]
+    # a header without the names: listed, and the released columns used
+    table.write_text("\n".join([",".join(["x"] * 37), ",".join(["y"] * 37)] + [",".join(row) for row in rows[2:]]), encoding="utf-8")
+    after, problems = scan_kemdy20(data)
+    assert [u.segment_id for u in after] == [u.segment_id for u in before]
+    assert problems == [(str(table), "header names no start, end, segment id, emotion, valence, arousal; read from the released "
+                                     "column(s) 1, 2, 3, 4, 5, 6")]
+
+
+def test_e4_rate_line_is_read(kemdy20, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(kemdy20, data)
+    fast = data / "TEMP" / "Session01" / "Sess01_script02_User002M.csv"
+    lines = fast.read_text().splitlines()
+    fast.write_text("\n".join([lines[0], "32.000000,hz", *lines[2:]]) + "\n")
+    headless = data / "EDA" / "Session02" / "Sess02_script01_User003F.csv"
+    headless.write_text("\n".join(headless.read_text().splitlines()[2:]) + "\n")  # no header lines: the first sample is no rate
+    with pytest.raises(InputError, match=r"sampled at 32 Hz \(line 2\); the nodes need 4-Hz E4 files"):
+        read_e4(fast)
+    utterances, _ = scan_kemdy20(data)
+    nodes, problems = build_nodes(data, utterances)
+    reasons = dict(problems)
+    assert set(reasons) == {"sess01_script02_user002m", "sess02_script01_user003f"}
+    assert "sampled at 32 Hz" in reasons["sess01_script02_user002m"] and reasons["sess01_script02_user002m"].endswith("its 4 utterances have no nodes")
+    assert "not the E4 sample rate (e.g. `4.000000,hz`)" in reasons["sess02_script01_user003f"]
+    assert len(nodes["utterance"]) == (80 - 8) * 8  # the other streams go on
+
+
+def test_a_tree_of_linked_session_folders_trains(kemdy20, tmp_path):
+    linked = tmp_path / "linked"
+    for part in ("annotation", "wav", "EDA", "TEMP"):
+        (linked / part).mkdir(parents=True)
+        for folder in sorted((kemdy20 / part).iterdir()):
+            (linked / part / folder.name).symlink_to(folder, target_is_directory=folder.is_dir())
+    (linked / "wav" / "again").symlink_to(linked, target_is_directory=True)  # a link loop (not inside the shared fixture)
+    utterances, problems = scan_kemdy20(linked)
+    assert problems == [] and len(utterances) == 80 and all(str(u.wav).startswith(str(linked)) for u in utterances)
+    out = tmp_path / "run"
+    train_gnn.main(["--data", str(linked), "--stage", "encoders", "--out", str(out), *FAST, "--encoder-epochs", "1"])
+    assert (out / "encoders.pt").is_file() and len(np.load(out / "nodes.npz")["utterance"]) == 80 * 8
+
+
 def test_irregular_names_and_bad_rows_are_handled_or_reported(kemdy20, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(kemdy20, data)
@@ -87,7 +175,9 @@ def test_irregular_names_and_bad_rows_are_handled_or_reported(kemdy20, tmp_path)
                                     [101, 1.0, 2.0, "Sess03_script01_User005F_003", "sad"]])
     (data / "TEMP" / "Session04" / "Sess04_script02_User008M.csv").unlink()
     eda_file = data / "EDA" / "Session05" / "Sess05_script01_User009F.csv"
-    eda_file.write_text(eda_file.read_text().replace("2020-1106-", "2020/1106/", 1))  # one malformed timestamp
+    lines = eda_file.read_text().splitlines()
+    lines[2] = lines[2].replace("2020-1106-", "2020/1106/")  # one malformed timestamp, in the first sample after the header
+    eda_file.write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
     train_gnn.main(["--data", str(data), "--stage", "graphs", "--out", str(out), *FAST])
     with open(out / "failures.csv", newline="") as file:

@@ -18,8 +18,10 @@ import pytest
 
 import train_highlight
 from common import InputError
-from preprocess.aihub import chunk_bounds, make_aihub, scan_aihub
-from preprocess.fixtures import make_ravdess, solid_frame, write_video
+from preprocess.aihub import chunk_bounds, scan_aihub
+from preprocess.fixtures.aihub import make_aihub
+from preprocess.fixtures.ravdess import make_ravdess
+from preprocess.fixtures.writers import solid_frame, write_video
 from preprocess.media import iter_frames, load_audio, probe
 from preprocess.report import find_segments, write_reel
 
@@ -66,10 +68,12 @@ def test_layout_labels_and_sanity_rules(tmp_path):
     for start, end in video.annotations[0]:
         one_annotator[start:end + 1] = 1  # end is inclusive
     assert (union >= one_annotator).all()
-    # macOS-style NFD names still pair up; a bad timeline is dropped and reported; orphans are reported
+    # macOS-style NFD names still pair up; a span reaching the end is clipped and kept, one outside the video or
+    # backwards is dropped, both reported; orphans are reported
     label = next(tmp_path.rglob("*_0002_001.json"))
     payload = json.loads(label.read_text(encoding="utf-8"))
-    payload["timelines"].append({"id": 9, "start": 38, "end": 40, "attributes": {}})  # end == length
+    payload["timelines"] += [{"id": 9, "start": 37, "end": 40, "attributes": {}},  # end == length: clipped to 39
+                             {"id": 10, "start": 40, "end": 41, "attributes": {}}, {"id": 11, "start": 5, "end": 4}]
     label.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
     nfd_video = label.parent / unicodedata.normalize("NFD", "유튜브_반려동물및동물_0002.mp4")
     (label.parent / "유튜브_반려동물및동물_0002.mp4").rename(nfd_video)
@@ -77,11 +81,47 @@ def test_layout_labels_and_sanity_rules(tmp_path):
     write_video(label.parent / "유튜브_반려동물및동물_0010.mp4", [solid_frame(16, 16, (0, 0, 0))] * 4, fps=4)
     videos, problems = scan_aihub(tmp_path)
     reasons = {Path(path).name: reason for path, reason in problems}
-    assert len(videos) == 2 and videos[1].labels()[38:].sum() == 0
-    assert "end 40 breaks 0 <= start <= end < length 40; dropped" in reasons[label.name]
+    assert len(videos) == 2 and videos[1].labels()[37:].tolist() == [1, 1, 1] and len(videos[1].labels()) == 40
+    assert (37, 39) in videos[1].annotations[0]
+    problems_of_label = [reason for path, reason in problems if Path(path).name == label.name]
+    assert "timeline 9: end 40 reaches the end of the video (length 40); clipped to its last second 39" in problems_of_label
+    assert any(reason.startswith("timeline 10: start 40, end 41 is no span of the video") and reason.endswith("dropped")
+               for reason in problems_of_label)
+    assert any(reason.startswith("timeline 11: start 5, end 4") for reason in problems_of_label)
     assert "no video" in reasons["유튜브_반려동물및동물_0009_001.json"]
     assert "no label file" in reasons["유튜브_반려동물및동물_0010.mp4"]
     assert chunk_bounds(600, 250) == [(0, 250), (250, 500), (500, 600)] and chunk_bounds(40, 250) == [(0, 40)]
+
+
+def test_label_files_carry_integer_codes_and_the_category_comes_from_class_code_when_the_name_lacks_it(aihub, tmp_path):
+    payload = json.loads(next(aihub.rglob("*_001.json")).read_text(encoding="utf-8"))
+    assert type(payload["metadata"]["class_code"]) is int and 1 <= payload["metadata"]["class_code"] <= 8
+    tops = {"place": 21, "action": 65, "emotion": 7, "relationship": 12}  # the released schema's code ranges
+    for timeline in payload["timelines"]:
+        assert set(timeline["attributes"]) == set(tops)
+        assert all(type(code) is int and 1 <= code <= tops[name] for name, code in timeline["attributes"].items())
+    # a video whose name holds no category (or not one of the eight) takes class_code's; a name that disagrees wins, reported
+    for stem, class_code in (("video_0007", 4), ("유튜브_브이로그_0008", 6), ("유튜브_스포츠_0009", 3)):
+        (tmp_path / f"{stem}.mp4").write_bytes(b"")
+        (tmp_path / f"{stem}_001.json").write_text(json.dumps({**payload, "metadata": {**payload["metadata"], "class_code": class_code}},
+                                                              ensure_ascii=False), encoding="utf-8")
+    videos, problems = scan_aihub(tmp_path)
+    assert {v.stem: v.category for v in videos} == {"video_0007": "스포츠", "유튜브_브이로그_0008": "음식", "유튜브_스포츠_0009": "스포츠"}
+    assert [(Path(path).name, reason) for path, reason in problems] == [
+        ("유튜브_스포츠_0009_001.json", "class_code 3 is 스타일링및뷰티 but the file name says 스포츠; the name kept")]
+
+
+def test_a_tree_of_linked_category_folders_is_scanned_like_real_folders(aihub, tmp_path):
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for folder in sorted(aihub.iterdir()):
+        (linked / folder.name).symlink_to(folder, target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)  # a link loop ends
+    videos, problems = scan_aihub(linked)
+    originals, _ = scan_aihub(aihub)
+    assert problems == [] and len(videos) == len(CATEGORIES) * 4
+    assert [(v.stem, v.category, v.annotations) for v in videos] == [(v.stem, v.category, v.annotations) for v in originals]
+    assert all(v.path.parent.parent == linked for v in videos)  # named through the links
 
 
 def test_probes_learn_the_planted_emotions(probes):
@@ -91,7 +131,7 @@ def test_probes_learn_the_planted_emotions(probes):
 
 def test_probes_train_on_the_kemdy20_layout(tmp_path):
     """annotation/SessNN_eval.csv (two header rows, ';' ties, 'disqust') + wav/SessionNN/<SegmentID>.wav."""
-    from preprocess.fixtures import tone, write_wav
+    from preprocess.fixtures.writers import tone, write_wav
     emotions = ["neutral", "happy", "surprise", "angry", "sad", "disqust", "fear"]
     for session in (1, 2, 3):
         rows = [["", "", "", "", "Total Evaluation", "", ""], ["Numb", "Wstart", "Wend", "Segment ID", "Emotion", "Valence", "Arousal"]]

@@ -13,7 +13,8 @@ from sklearn.metrics import f1_score
 import train_meld
 from common import run_main
 from models.meld_emotion import SentenceEncoder
-from preprocess.meld import EMOTIONS, FIXTURE_WORDS, frame_entropy, make_meld, parse_time, read_split, top_entropy_frames
+from preprocess.fixtures.meld import FIXTURE_WORDS, make_meld
+from preprocess.meld import EMOTIONS, find_clip, frame_entropy, parse_time, read_split, top_entropy_frames
 
 SMALL = ["--hidden", "16", "--d-model", "32", "--heads", "4", "--frame-size", "32", "--video-fps", "5", "--video-frames", "3",
          "--batch-size", "4", "--device", "cpu"]
@@ -47,7 +48,7 @@ def cache(tmp_path_factory):
 
 
 def run(meld, text_encoder, cache, out, *extra):
-    return train_meld.main(["--data", str(meld), "--text-encoder", str(text_encoder), "--cache", str(cache),
+    return train_meld.main(["--data", str(meld), "--text-model", str(text_encoder), "--cache", str(cache),
                             "--out", str(out), *SMALL, *extra])
 
 
@@ -152,7 +153,7 @@ def test_bad_input_is_one_clear_line(tmp_path, meld, capsys):
         run_main(lambda: train_meld.main(argv))
     stderr = capsys.readouterr().err
     assert exit_info.value.code == 2 and stderr.strip().count("\n") == 0
-    assert stderr.startswith("error: ") and "--text-encoder" in stderr
+    assert stderr.startswith("error: ") and "--text-model" in stderr
     with pytest.raises(train_meld.InputError, match="train_sent_emo.csv: not found"):
         train_meld.main(["--data", str(tmp_path), "--out", str(tmp_path / "run")])
 
@@ -175,6 +176,19 @@ def test_csv_as_released(tmp_path):
     path.write_text("Sr No.,Utterance,Speaker,Emotion,Dialogue_ID,Utterance_ID\n1,Hi,Ross,bored,0,0\n")
     with pytest.raises(train_meld.InputError, match=r"dev_sent_emo.csv:2: unknown emotion 'bored'"):
         read_split(tmp_path, "dev")
+
+
+def test_a_tree_of_linked_csvs_and_clip_folders_is_read_like_real_files(meld, tmp_path):
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for entry in sorted(meld.iterdir()):
+        (linked / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    for split in ("train", "dev", "test"):
+        rows, linked_rows = read_split(meld, split), read_split(linked, split)
+        assert linked_rows == rows
+        found = [find_clip(linked, u) for u in linked_rows]
+        assert [path.name if path else None for path in found] == [p.name if (p := find_clip(meld, u)) else None for u in rows]
+        assert sum(path is not None for path in found) == len(rows) - (split == "train")  # train dia1_utt1 has no clip
 
 
 def test_entropy_ranked_frames_keep_time_order():
@@ -229,7 +243,7 @@ def test_context_is_seen_but_only_the_utterance_is_pooled(text_encoder):
 
 def test_text_context_holds_only_earlier_utterances_of_the_same_dialogue(meld):
     utterances = read_split(meld, "train")
-    args = train_meld.build_parser().parse_args(["--data", str(meld), "--text-encoder", "unused", "--text-context", "2"])
+    args = train_meld.build_parser().parse_args(["--data", str(meld), "--text-model", "unused", "--text-context", "2"])
     features = train_meld.TextFeatures({"train": utterances}, args, "cpu")
     by_key = dict(zip((u.key for u in utterances), features.contexts(utterances)))
     for utterance in utterances:
