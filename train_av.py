@@ -9,8 +9,10 @@ Audio-visual on the full release, the published peers' test actors:
     python train_av.py --data RAVDESS/ -mod av --test-actors 5,10,16,19 --val-actors 1,2,3,4 --video-weights weights/resnet18.pth
 Any labelled corpus (CSV with path,label,group), wav2vec2 from a local folder:
     python train_av.py --manifest clips.csv -mod a --audio-encoder wav2vec2 --audio-model weights/wav2vec2-base
-Predict with a trained run (the checkpoint carries its settings):
+Predict with a trained run (the checkpoint carries its settings); an audio model also gives per-second emotions over
+any length (windows of --window s centred every --hop s; with --out: OUT/<file stem>/timeline.csv, preprocess/timeline.py):
     python train_av.py --predict clip.mp4 other.wav --ckpt runs/av/001/model.pt
+    python train_av.py --predict interview.mp4 --ckpt runs/speech-emotion/model.pt --out runs/av/interview
 Several processes or GPUs (DDP; --batch-size is split over the processes):
     torchrun --nproc_per_node=2 train_av.py --data DIR -mod av
 
@@ -37,8 +39,9 @@ from common import (InputError, add_logistics_args, argument_parser, atomic_writ
                     seed_everything, setup_distributed, to_device, write_failures, write_json)
 from models.av_emotion import AUDIO_ENCODERS, AVEmotionClassifier, VideoEncoder
 from preprocess.cache import ensure_cached
-from preprocess.features import speech_bounds
+from preprocess.features import crop_seconds, trim_silence
 from preprocess.media import MediaError, load_audio, read_frames
+from preprocess.timeline import SpeechEmotion, build_timeline, evaluation_wave, iter_seconds, write_timeline
 from preprocess.ravdess import EMOTIONS, FOUR_CLASSES, read_manifest, scan_ravdess
 
 SAMPLE_RATE = 16000
@@ -90,6 +93,8 @@ def build_parser():
     run.add_argument("--resume", action="store_true", help="continue each split from its last.pt in --out (default: off)")
     run.add_argument("--predict", nargs="+", metavar="FILE", help="classify these wav/mp4 files with --ckpt, print JSON (default: none)")
     run.add_argument("--ckpt", help="model.pt of a trained run, for --predict (default: none)")
+    run.add_argument("--window", type=float, default=3.0, help="--predict, audio model: per-second emotion window in s (default %(default)s)")
+    run.add_argument("--hop", type=float, default=1.0, help="--predict, audio model: window hop in s (default %(default)s)")
     add_logistics_args(parser)
     return parser
 
@@ -115,23 +120,6 @@ def decode_trial(trial, args):
     return paths
 
 
-def trim(wave, top_db):
-    """The wave without its leading and trailing silence (--trim-db), unchanged when top_db is 0."""
-    if not top_db:
-        return wave
-    start, end = speech_bounds(torch.tensor(np.asarray(wave, dtype=np.float32)), top_db=top_db, sample_rate=SAMPLE_RATE)
-    return wave[start:end]
-
-
-def crop(wave, seconds, *, at_random):
-    """At most `seconds` of the wave: a random window (training) or the centre one (evaluation, prediction)."""
-    keep = int(seconds * SAMPLE_RATE)
-    if keep <= 0 or len(wave) <= keep:
-        return wave
-    start = int(torch.randint(0, len(wave) - keep + 1, ())) if at_random else (len(wave) - keep) // 2
-    return wave[start:start + keep]
-
-
 class TrialDataset(Dataset):
     def __init__(self, trials, cache_paths, class_names, args, *, training):
         self.trials, self.cache_paths, self.args, self.training = trials, cache_paths, args, training
@@ -143,10 +131,10 @@ class TrialDataset(Dataset):
     def __getitem__(self, index):
         item, paths = {"label": self.label_ids[index]}, self.cache_paths[self.trials[index].key]
         if "audio" in paths:
-            wave = trim(np.load(paths["audio"], mmap_mode="r", allow_pickle=False), self.args.trim_db)
-            wave = crop(wave, self.args.max_audio_seconds, at_random=self.training)
+            wave = trim_silence(np.load(paths["audio"], mmap_mode="r", allow_pickle=False), self.args.trim_db)
+            wave = crop_seconds(wave, self.args.max_audio_seconds, at_random=self.training)
             if self.training and self.args.train_crop_seconds > 0:
-                wave = crop(wave, self.args.train_crop_seconds, at_random=True)
+                wave = crop_seconds(wave, self.args.train_crop_seconds, at_random=True)
             item["audio"] = torch.from_numpy(np.array(wave, dtype=np.float32))
         if "frames" in paths:
             frames = np.load(paths["frames"], mmap_mode="r", allow_pickle=False)
@@ -337,29 +325,51 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
 
 
 def predict_files(args):
+    """Per file: the clip-level prediction (train_av's evaluation transform of the whole file) and, for audio models,
+    the per-second speech emotion of the timeline (windows of --window s every --hop s); one decode per file through
+    preprocess.timeline."""
     if not args.ckpt:
         raise InputError("--predict needs --ckpt RUN/model.pt")
     state = load_checkpoint(args.ckpt)
-    settings = {**state["args"], "video_weights": None}  # the checkpoint already holds the trained trunk
+    settings, names = {**state["args"], "video_weights": None}, state["class_names"]  # the checkpoint holds the trained trunk
     settings.setdefault("video_frames", settings.get("max_frames"))  # a checkpoint saved before --max-frames was renamed
-    model = build_model(settings, len(state["class_names"]))
+    model = build_model(settings, len(names))
     model.load_state_dict(state["model"])
     model.eval()
+    audio_only = settings["modalities"] == "a"
+    speech = SpeechEmotion(model, names, settings, window_s=args.window, hop_s=args.hop) if audio_only else None
     results = []
     for path in args.predict:
-        item = {}
+        waves, frames, item = [], [], {}
+
+        def keep(media):
+            waves.extend([media.wave] if media.wave is not None else [])
+            frames.extend(rgb for _, rgb in media.frames)
+        if audio_only:
+            timeline = build_timeline(path, speech=speech, second_hooks=[keep])
+        else:
+            for media in iter_seconds(path, fps=settings["video_fps"], size=settings["frame_size"], center_crop=True,
+                                      audio="a" in settings["modalities"], video="v" in settings["modalities"]):
+                keep(media)
         if "a" in settings["modalities"]:
-            wave = load_audio(path, sample_rate=SAMPLE_RATE).numpy()
-            wave = torch.from_numpy(np.array(crop(trim(wave, settings.get("trim_db", 0)), settings["max_audio_seconds"], at_random=False)))
+            if not waves:
+                raise MediaError(path, "no audio stream")
+            wave = evaluation_wave(torch.cat(waves), trim_db=settings.get("trim_db", 0), max_seconds=settings["max_audio_seconds"])
             item.update(audio=F.pad(wave, (0, max(0, MIN_AUDIO_SAMPLES - len(wave))))[None], audio_lengths=torch.tensor([len(wave)]))
         if "v" in settings["modalities"]:
-            frames = read_frames(path, fps=settings["video_fps"], size=settings["frame_size"], center_crop=True)[1]
-            frames = frames[np.linspace(0, len(frames) - 1, min(len(frames), settings["video_frames"])).round().astype(int)]
-            item.update(frames=torch.from_numpy(frames)[None], frame_lengths=torch.tensor([len(frames)]))
+            if not frames:
+                raise MediaError(path, "no video frames decoded")
+            chosen = np.linspace(0, len(frames) - 1, min(len(frames), settings["video_frames"])).round().astype(int)
+            item.update(frames=torch.from_numpy(np.stack([frames[i] for i in chosen]))[None], frame_lengths=torch.tensor([len(chosen)]))
         with torch.no_grad():
             probabilities = model(item).softmax(-1)[0].tolist()
-        ranked = sorted(zip(state["class_names"], probabilities), key=lambda pair: -pair[1])
+        ranked = sorted(zip(names, probabilities), key=lambda pair: -pair[1])
         results.append({"file": str(path), "prediction": ranked[0][0], "probabilities": dict(ranked)})
+        if audio_only:  # per second: the top class where the energy rule hears speech, else null
+            top = timeline["speech_probabilities"].argmax(1)
+            results[-1]["per_second"] = [names[c] if spoken else None for c, spoken in zip(top, timeline["speech"])]
+            if args.out:
+                results[-1]["timeline"] = str(write_timeline(Path(args.out) / Path(path).stem, timeline))
         print(json.dumps(results[-1]))
     if args.out:
         write_json(Path(args.out) / "predictions.json", results)

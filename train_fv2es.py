@@ -351,9 +351,10 @@ def read_transcript(path):
 
 def predict(cli, device):
     """Segments (transcript times or fixed windows) of one video -> per-segment probabilities, JSON + HTML."""
-    from preprocess.fv2es_layout import audio_hcf, frames_for_segments, text_hcf, visual_hcf
-    from preprocess.media import load_audio, probe
+    from preprocess.fv2es_layout import audio_hcf, text_hcf, visual_hcf
+    from preprocess.media import probe
     from preprocess.report import jpeg_data_uri
+    from preprocess.timeline import iter_segments
     if not cli.ckpt or not cli.out:
         raise InputError("--predict needs --ckpt RUN/model.pt and --out DIR")
     started = time.perf_counter()
@@ -374,30 +375,22 @@ def predict(cli, device):
     else:
         starts = np.arange(0.0, max(duration, 1e-3), cli.window)
         segments = [(float(s), float(min(s + cli.window, duration or s + cli.window)), "") for s in starts]
-    faces, thumbnails, pending = {i: [] for i in range(len(segments))}, {}, []
-
-    def crop_pending():  # the detector runs on a few frames at a time; no more frames are kept
-        if cropper is not None and pending:
-            for (index, _), crop in zip(pending, cropper.crop_batch([rgb for _, rgb in pending])[0]):
-                faces[index].append(crop)
-        pending.clear()
-    for index, frame_index, rgb in frames_for_segments(cli.predict, {i: s[:2] for i, s in enumerate(segments)}, interval_ms=args.img_interval):
-        if frame_index == 0:
-            thumbnails[index] = jpeg_data_uri(rgb)
-        pending.append((index, rgb))
-        if len(pending) == 8:
-            crop_pending()
-    crop_pending()
-    frames_done = time.perf_counter()
     needs_audio = "a" in args.modalities
     if needs_audio and not info["has_audio"]:
         raise InputError(f"{cli.predict}: no audio stream, but the checkpoint's model uses audio (-mod {args.modalities})")
-    wave = load_audio(cli.predict) if needs_audio else None
-    samples = []
-    for index, (start, end, text) in enumerate(segments):
+    if "v" in args.modalities and not info["has_video"]:
+        raise InputError(f"{cli.predict}: no video stream, but the checkpoint's model uses faces (-mod {args.modalities})")
+    samples, thumbnails = [None] * len(segments), {}
+    # one decode through the timeline: each segment's frames (every --img-interval ms) and audio, segment by segment
+    spans = {index: (start, end) for index, (start, end, _) in enumerate(segments)}
+    for index, frames, audio in iter_segments(cli.predict, spans, interval_ms=args.img_interval, audio=needs_audio):
+        if frames:
+            thumbnails[index] = jpeg_data_uri(frames[0][1])
+        face_array = np.zeros((0, 48, 48, 3), np.uint8)
+        if cropper is not None and frames:
+            face_array = cropper.crop_batch([rgb for _, rgb in frames])[0]
+        text = segments[index][2]
         sample = {"id": str(index), "text": text, "label": np.zeros(args.num_emotions, np.float32)}
-        face_array = np.stack(faces[index]) if faces[index] else np.zeros((0, 48, 48, 3), np.uint8)
-        audio = wave[int(start * 16000):max(int(start * 16000) + 1, int(end * 16000))] if wave is not None else None
         if args.model == "mme2e":
             if "v" in args.modalities:
                 sample["faces"] = face_array
@@ -406,12 +399,13 @@ def predict(cli, device):
         else:
             features = {"t": lambda: text_hcf(text), "a": lambda: audio_hcf(audio), "v": lambda: visual_hcf(face_array)}
             sample["hcf"] = {m: features[m]() for m in args.modalities}
-        samples.append(sample)
+        samples[index] = sample
+    frames_done = time.perf_counter()
     loader = [collate_fn(samples[i:i + args.batch_size]) for i in range(0, len(samples), args.batch_size)]
     model_started = time.perf_counter()
     _, scores, _ = predict_scores(model, loader, args, device)
-    timings = {"model_load_s": loaded - started, "frames_and_faces_s": frames_done - loaded,
-               "audio_and_features_s": model_started - frames_done, "model_s": time.perf_counter() - model_started}
+    timings = {"model_load_s": loaded - started, "media_and_features_s": frames_done - loaded,
+               "batching_s": model_started - frames_done, "model_s": time.perf_counter() - model_started}
     names, thresholds = state["class_names"], state["thresholds"]
     rows = [{"start": round(start, 3), "end": round(end, 3), "text": text, "probabilities": dict(zip(names, map(float, row))),
              "detected": [n for n, p, t in zip(names, row, thresholds) if p >= t], "top": names[int(row.argmax())]}

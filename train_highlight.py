@@ -9,8 +9,17 @@
     python train_highlight.py --data AIHUB/ --probes runs/highlight/probes/probes.pt -mod av --out runs/highlight/av
     python train_highlight.py --data AIHUB/ --probes runs/highlight/probes/probes.pt -mod av --image-encoder cnn
     python train_highlight.py --compare runs/highlight/av runs/highlight/a runs/highlight/v
-3. Predict on any video (streaming, any length): scores.csv, segments.json, reel.mp4, report.html:
+   Emotion timeline features (preprocess/timeline.py) beside or instead of the probes: per-second speech emotion from
+   a train_av.py -mod a model (`make speech-emotion DATA=RAVDESS`), face presence and expression (`make weights`):
+    python train_highlight.py --data AIHUB/ -mod av --image-encoder cnn --speech-emotion-ckpt runs/speech-emotion/model.pt \
+        --face-expression weights/fer/mini_xception.pt --out runs/highlight/timeline
+3. Predict on any video (streaming, any length): timeline.csv/.npz, scores.csv, segments.json, reel.mp4, report.html:
     python train_highlight.py --predict video.mp4 --ckpt runs/highlight/av/model.pt --out runs/highlight/pred --top-k 5
+   Without --ckpt, zero-shot: the score is the emotional intensity of preprocess.timeline.emotional_intensity (speech
+   arousal, non-neutral speech, expression strength, relative loudness; what is missing is left out and said), and the
+   top --fraction (default 0.15) of the seconds are marked; the speech model and face weights are picked up from
+   runs/speech-emotion/model.pt and weights/fer/, weights/mtcnn/ when present:
+    python train_highlight.py --predict interview.mp4 --out runs/highlight/interview
 `make highlight` runs the whole chain on a synthetic demo set; `make highlight DATA=/path/to/aihub` on real data.
 Several processes or GPUs (DDP for step 2; each global --batch-size batch of chunks is split over the processes,
 the per-video features are extracted in per-rank shards into the shared --cache first, rank 0 writes the run):
@@ -24,7 +33,6 @@ AP, AUROC, and the all-positive F1 beside them; per category too.
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +46,14 @@ from common import (InputError, add_logistics_args, argument_parser, barrier, be
                     run_main, save_checkpoint, save_training_state, seed_everything, to_device, write_failures, write_json)
 from models.highlight import EmotionProbe, FrameCNN, HighlightModel
 from preprocess.aihub import chunk_bounds, scan_aihub
-from preprocess.highlight_features import Encoders, fit_length, iter_windows, probe_utterances, video_features, window_stats
+from preprocess.highlight_features import Encoders, extract, fit_length, iter_windows, probe_utterances, video_features, window_stats
 from preprocess.media import MediaError, probe
 from preprocess.report import find_segments, jpeg_data_uri, thumbnail_stride, write_reel, write_report, write_scores_csv
+from preprocess.timeline import emotional_intensity, write_timeline
+
+DEFAULT_SPEECH_CKPT = Path("runs/speech-emotion/model.pt")  # `make speech-emotion` writes it
+DEFAULT_FACE_EXPRESSION = Path("weights/fer/mini_xception.pt")  # `make weights` writes it
+ZERO_SHOT_FRACTION = 0.15  # AI-Hub highlights cover 5-25 % of a video
 
 
 def build_parser():
@@ -63,6 +76,11 @@ def build_parser():
     features.add_argument("--image-model", default="google/vit-base-patch16-224-in21k", help="ViT name or local folder (default %(default)s)")
     features.add_argument("--frame-size", type=int, default=64, help="cnn: side of the centre-cropped frames (default %(default)s)")
     features.add_argument("--audio-model", help="wav2vec2 name or local folder, replaces the log-mel statistics (default: none)")
+    features.add_argument("--speech-emotion-ckpt", help=f"train_av.py -mod a model.pt: speech emotion features (default: none; zero-shot predict: {DEFAULT_SPEECH_CKPT} if present)")
+    features.add_argument("--speech-window", type=float, default=3.0, help="speech emotion window in s (default %(default)s)")
+    features.add_argument("--speech-hop", type=float, default=1.0, help="speech emotion window hop in s (default %(default)s)")
+    features.add_argument("--face-expression", help=f"mini-Xception weights: face features (default: none; zero-shot predict: {DEFAULT_FACE_EXPRESSION} if present)")
+    features.add_argument("--mtcnn", default="weights/mtcnn", help="MTCNN weights folder for faces (default %(default)s)")
     model = parser.add_argument_group("Model")
     model.add_argument("-mod", "--modalities", default="av", choices=["a", "v", "av"], help="audio, video or both (default %(default)s)")
     model.add_argument("--hidden", type=int, default=128, help="LSTM units per direction (default %(default)s)")
@@ -77,10 +95,10 @@ def build_parser():
     run.add_argument("--out", help="run folder, or --predict's output folder (default: a new runs/highlight/NNN)")
     run.add_argument("--resume", action="store_true", help="continue from last.pt in --out, same flags (default: off)")
     run.add_argument("--compare", nargs="+", metavar="RUN", help="print the test metrics of these run folders side by side (default: none)")
-    run.add_argument("--predict", metavar="VIDEO", help="score every second of this video with --ckpt (default: none)")
-    run.add_argument("--ckpt", help="model.pt of a trained run, for --predict (default: none)")
+    run.add_argument("--predict", metavar="VIDEO", help="score every second of this video, with --ckpt or zero-shot (default: none)")
+    run.add_argument("--ckpt", help="model.pt of a trained run, for --predict (default: none, zero-shot)")
     run.add_argument("--threshold", type=float, help="--predict: score threshold (default: the checkpoint's validation-best)")
-    run.add_argument("--fraction", type=float, help="--predict: mark this fraction of the highest-scored seconds instead (default: none)")
+    run.add_argument("--fraction", type=float, help=f"--predict: mark this fraction of the highest-scored seconds instead (default: none; zero-shot {ZERO_SHOT_FRACTION})")
     run.add_argument("--top-k", type=int, help="--predict: keep the K segments with the highest mean score (default: all)")
     run.add_argument("--merge-gap", type=int, default=2, help="--predict: join segments at most this many seconds apart (default %(default)s)")
     run.add_argument("--min-segment", type=int, default=2, help="--predict: drop segments shorter than this many seconds (default %(default)s)")
@@ -141,7 +159,7 @@ def train_probes(args):
 def build_model(settings):
     image_encoder = FrameCNN() if settings["image_encoder"] == "cnn" else None
     return HighlightModel(modalities=settings["modalities"], audio_dim=settings.get("audio_dim", 0),
-                          image_dim=settings.get("image_dim", 0), image_encoder=image_encoder,
+                          image_dim=settings.get("image_dim", 0), image_encoder=image_encoder, face_dim=settings.get("face_dim", 0),
                           hidden=settings["hidden"], num_layers=settings["layers"], dropout=settings["dropout"])
 
 
@@ -153,6 +171,8 @@ def chunk_inputs(features, stats, start, end):
     if "images" in features:
         images = torch.from_numpy(np.asarray(features["images"][start:end]))
         item["images"] = (images - stats["image_mean"]) / stats["image_std"] if "image_mean" in stats else images
+    if "faces" in features:
+        item["faces"] = (torch.from_numpy(np.asarray(features["faces"][start:end])) - stats["face_mean"]) / stats["face_std"]
     return item
 
 
@@ -201,8 +221,11 @@ def train(args):
     videos, problems = scan_aihub(args.data)
     run_dir = Path(broadcast_object(dist, str(make_run_dir(args.out, args, default_root="runs/highlight")) if dist.is_main else None))
     probe_state = load_checkpoint(args.probes) if args.probes else None
-    settings = {**vars(args), "probes_sha1": hashlib.sha1(Path(args.probes).read_bytes()).hexdigest() if args.probes else None}
+    settings = {**vars(args), "probes_sha1": file_sha1(args.probes), "speech_emotion_sha1": file_sha1(args.speech_emotion_ckpt),
+                "face_expression_sha1": file_sha1(args.face_expression), "face_analysis": bool(args.face_expression)}
     encoders = Encoders(settings, probe_state)
+    if args.face_expression and (not encoders.faces.available or encoders.faces.expression is None):
+        raise InputError(f"--face-expression {args.face_expression}: needs MTCNN weights in {args.mtcnn} (make weights)")
     if dist.enabled:  # each rank extracts its share of the videos into the shared --cache; below, all read every video
         for video in progress(rank_share(videos, dist), enabled=dist.is_main, desc="features (this rank's share)", leave=False):
             try:
@@ -230,7 +253,7 @@ def train(args):
         write_json(run_dir / "split.json", {part: [{"stem": v.stem, "category": v.category, "path": str(v.path)} for v in members]
                                             for part, members in split.items()})
     stats = {}
-    for key, name in (("audio", "audio"), ("images", "image")):
+    for key, name in (("audio", "audio"), ("images", "image"), ("faces", "face")):
         if key in features[videos[0].stem] and features[videos[0].stem][key].dtype != np.uint8:
             train_rows = torch.from_numpy(np.concatenate([features[v.stem][key] for v in split["train"]]))
             stats[f"{name}_mean"], stats[f"{name}_std"] = train_rows.mean(0), train_rows.std(0).clamp_min(1e-4)
@@ -345,51 +368,88 @@ def compare(runs):
     return reports
 
 
+def file_sha1(path):
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise InputError(f"{path}: file not found")
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def timeline_parts(args, settings):
+    """(encoder settings, what is missing as phrases) for predict: the speech model and the face files from the flags,
+    else those the checkpoint was trained with, else the default locations when present. A model trained on a speech
+    model or expression weights gets exactly those files (checked by SHA-1)."""
+    chosen = {**settings, "face_analysis": True}
+    for key, flag, default in (("speech_emotion_ckpt", args.speech_emotion_ckpt, DEFAULT_SPEECH_CKPT),
+                               ("face_expression", args.face_expression, DEFAULT_FACE_EXPRESSION)):
+        if flag and not Path(flag).is_file():
+            raise InputError(f"{flag}: file not found (--{key.replace('_', '-')})")
+        chosen[key] = flag or settings.get(key) or (str(default) if default.is_file() else None)
+        trained = settings.get(key.replace("_ckpt", "") + "_sha1")
+        if trained and file_sha1(chosen[key]) != trained:
+            raise InputError(f"{chosen[key]}: not the file this model was trained with ({key.replace('_', '-')}, SHA-1 {trained[:12]})")
+    chosen["mtcnn"] = args.mtcnn
+    if not settings.get("speech_emotion_ckpt"):
+        chosen["speech_window"], chosen["speech_hop"] = args.speech_window, args.speech_hop
+    lacking = []
+    if not chosen["speech_emotion_ckpt"]:
+        lacking.append(f"no speech emotion model ({DEFAULT_SPEECH_CKPT}: make speech-emotion DATA=RAVDESS_DIR, or --speech-emotion-ckpt)")
+    return chosen, lacking
+
+
 def predict(args):
-    """Stream one video: per-second features -> scores -> scores.csv, segments.json, reel.mp4, report.html."""
-    if not args.ckpt or not args.out:
-        raise InputError("--predict needs --ckpt RUN/model.pt and --out DIR")
-    state = load_checkpoint(args.ckpt)
-    settings, stats, path, out_dir = state["settings"], state["stats"], Path(args.predict), Path(args.out)
-    encoders = Encoders(settings, state["probes"])
-    model = build_model(settings)
-    model.load_state_dict(state["model"])
-    model.eval()
-    stride = thumbnail_stride(probe(path)["duration_s"])
-    images, thumbnails = [], []
-    has_audio = "a" in settings["modalities"] or (state["probes"] is not None and probe(path)["has_audio"])
-    with ThreadPoolExecutor(max_workers=1) as audio_pass:  # beside the video pass: PyAV and torch release the GIL
-        audio_job = audio_pass.submit(lambda: torch.cat([encoders.audio(windows) for windows in iter_windows(path)]).numpy()) if has_audio else None
-        for times, frames, batch in encoders.iter_image_batches(path):
-            if "v" in settings["modalities"]:  # the trained CNN runs here, batch by batch, so no frames are kept
-                images.append(model.image_encoder(torch.from_numpy(batch)).detach().numpy() if model.image_encoder else batch)
-            thumbnails += [{"t": int(t), "src": jpeg_data_uri(frame)} for t, frame in zip(times, frames) if int(t) % stride == 0]
-        audio = audio_job.result() if has_audio else None
-    length = max(len(np.concatenate(images)) if images else 0, len(audio) if audio is not None else 0)
-    features = {}
-    if images:
-        features["images"] = fit_length(np.concatenate(images), length)
-    if "a" in settings["modalities"]:
-        features["audio"] = fit_length(audio, length)
-    scores = score_video(model, features, stats, length, settings["chunk_seconds"])
-    threshold = args.threshold if args.threshold is not None else state.get("threshold", 0.5)
-    segments = find_segments(scores, threshold=threshold, fraction=args.fraction, merge_gap=args.merge_gap,
+    """Stream one video: timeline + model features -> scores (trained model, or zero-shot intensity) -> timeline.csv,
+    scores.csv, segments.json, reel.mp4, report.html."""
+    if not args.out:
+        raise InputError("--predict needs --out DIR")
+    path, out_dir = Path(args.predict), Path(args.out)
+    state = load_checkpoint(args.ckpt) if args.ckpt else None
+    settings = state["settings"] if state else {"modalities": "", "image_encoder": "cnn", "frame_size": args.frame_size}
+    encoder_settings, lacking = timeline_parts(args, settings)
+    encoders = Encoders(encoder_settings, state["probes"] if state else None)
+    info = probe(path)
+    if encoders.faces is not None and encoders.faces.lacks():
+        lacking.append(f"{encoders.faces.lacks()} (make weights)")
+    if not info["has_audio"]:
+        print(f"warning: {path}: no audio stream: face-only timeline")
+    stride, thumbnails = thumbnail_stride(info["duration_s"]), []
+
+    def keep_thumbnails(seconds, frames):
+        thumbnails.extend({"t": int(t), "src": jpeg_data_uri(frame)} for t, frame in zip(seconds, frames) if int(t) % stride == 0)
+    features, timeline = extract(path, encoders, settings, frame_hooks=[keep_thumbnails])
+    length = len(timeline["second"])
+    if state:
+        model = build_model(settings)
+        model.load_state_dict(state["model"])
+        scores = score_video(model, features, state["stats"], length, settings["chunk_seconds"])
+        threshold = args.threshold if args.threshold is not None else state.get("threshold", 0.5)
+        fraction, source = args.fraction, f"model {args.ckpt}"
+    else:
+        scores, weights = emotional_intensity(timeline)
+        threshold = args.threshold
+        fraction = args.fraction if args.fraction is not None or threshold is not None else ZERO_SHOT_FRACTION
+        source = "zero-shot emotional intensity: " + ", ".join(f"{name} {weight:.2f}" for name, weight in weights.items())
+    segments = find_segments(scores, threshold=threshold, fraction=fraction, merge_gap=args.merge_gap,
                              min_segment=args.min_segment, top_k=args.top_k)
+    write_timeline(out_dir, timeline)
     write_scores_csv(out_dir / "scores.csv", scores)
-    write_json(out_dir / "segments.json", {"video": str(path), "threshold": None if args.fraction else threshold,
-                                           "fraction": args.fraction, "segments": segments})
-    if segments:
+    write_json(out_dir / "segments.json", {"video": str(path), "scores_from": source, "threshold": None if fraction else threshold,
+                                           "fraction": fraction, "segments": segments})
+    if segments and info["has_video"]:
         write_reel(path, segments, out_dir / "reel.mp4")
     probes = {}
-    if audio is not None and state["probes"] is not None:
-        audio = fit_length(audio, length)
+    if "audio" in features and state["probes"] is not None:
         names = [*state["probes"]["class_names"], "arousal", "valence"]
-        probes = {name: audio[:, column] for column, name in enumerate(names)}
-    write_report(out_dir / "report.html", title=path.name, scores=scores, threshold=None if args.fraction else threshold,
-                 segments=segments, probes=probes, thumbnails=thumbnails)
-    print(f"{path}: {length} s scored, {len(segments)} segment(s) "
+        probes = {name: features["audio"][:, column] for column, name in enumerate(names)}
+    write_report(out_dir / "report.html", title=path.name, scores=scores, threshold=None if fraction else threshold,
+                 segments=segments, probes=probes, thumbnails=thumbnails, timeline=timeline, scores_from=source,
+                 reel=out_dir / "reel.mp4" if segments and info["has_video"] else None)
+    print(f"{path}: {length} s scored ({source}), {len(segments)} segment(s) "
           f"({sum(s['end'] - s['start'] + 1 for s in segments)} s); outputs in {out_dir}")
-    return {"scores": scores, "segments": segments}
+    if lacking:
+        print("lacking: " + "; ".join(lacking))
+    return {"scores": scores, "segments": segments, "timeline": timeline}
 
 
 def main(argv=None):

@@ -5,8 +5,10 @@ bidirectional temporal model that scores every second of a chunk.
     emotion_logits, arousal, valence = probe(window_features)       # (N, 8), (N,), (N,)
     model = HighlightModel(modalities="av", audio_dim=138, image_dim=768)   # image_dim: ViT features
     model = HighlightModel(modalities="av", audio_dim=138, image_encoder=FrameCNN())  # raw 1-fps frames
-    logits = model(audio=(B, T, 138), images=(B, T, 768) or uint8 (B, T, H, W, 3), lengths=(B,))  # (B, T)
-With an image encoder, uint8 frames are encoded inside forward; float images count as already encoded.
+    model = HighlightModel(modalities="av", audio_dim=138, image_dim=768, face_dim=9)   # + per-second face features
+    logits = model(audio=(B, T, 138), images=(B, T, 768) or uint8 (B, T, H, W, 3), faces=(B, T, 9), lengths=(B,))  # (B, T)
+With an image encoder, uint8 frames are encoded inside forward; float images count as already encoded. Face
+features (face_dim > 0) join the encoded images before the image projection.
 """
 import torch
 from torch import nn
@@ -54,7 +56,7 @@ class FrameCNN(nn.Module):
 class HighlightModel(nn.Module):
     """Per-modality projection -> concatenation -> bidirectional LSTM over the chunk -> one logit per second."""
 
-    def __init__(self, *, modalities, audio_dim=0, image_dim=0, image_encoder=None, d_model=64, hidden=128,
+    def __init__(self, *, modalities, audio_dim=0, image_dim=0, image_encoder=None, face_dim=0, d_model=64, hidden=128,
                  num_layers=2, dropout=0.2):
         super().__init__()
         self.modalities = modalities
@@ -64,13 +66,13 @@ class HighlightModel(nn.Module):
             self.audio_project = nn.Sequential(nn.Linear(audio_dim, d_model), nn.ReLU(), nn.Dropout(dropout))
             width += d_model
         if "v" in modalities:
-            in_dim = image_encoder.out_dim if image_encoder is not None else image_dim
+            in_dim = (image_encoder.out_dim if image_encoder is not None else image_dim) + face_dim
             self.image_project = nn.Sequential(nn.Linear(in_dim, d_model), nn.ReLU(), nn.Dropout(dropout))
             width += d_model
         self.temporal = LSTM(width, hidden, num_layers=num_layers, bidirectional=True, dropout=dropout)
         self.head = nn.Linear(2 * hidden, 1)
 
-    def forward(self, *, audio=None, images=None, lengths=None):
+    def forward(self, *, audio=None, images=None, faces=None, lengths=None):
         parts = []
         if "a" in self.modalities:
             parts.append(self.audio_project(audio))                         # (B, T, d_model)
@@ -78,6 +80,8 @@ class HighlightModel(nn.Module):
             if self.image_encoder is not None and images.dtype == torch.uint8:  # raw frames; floats are already encoded
                 batch, steps = images.shape[:2]
                 images = self.image_encoder(images.flatten(0, 1)).view(batch, steps, -1)  # (B, T, out_dim)
+            if faces is not None:
+                images = torch.cat([images, faces], -1)                     # (B, T, out_dim + face_dim)
             parts.append(self.image_project(images))
         output, _ = self.temporal(torch.cat(parts, -1), lengths=lengths)  # (B, T, 2 * hidden)
         return self.head(output).squeeze(-1)                              # (B, T)

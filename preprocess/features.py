@@ -12,6 +12,8 @@ tensor of shape wave.shape[:-1]: a 0-d tensor for one wave (use float(...)), (B,
     pitch               Hz, median YIN F0 over voiced frames
     tempo               BPM, autocorrelation peak of the spectral-flux onset envelope
     prosody             the five above stacked in PROSODY_NAMES order: (5,) or (B, 5)
+    speech_bounds, trim_silence, crop_seconds   leading/trailing silence found and cut, a centre or random crop
+                        (train_av's clips and the timeline's speech windows)
 
 Silence, empty waves and waves shorter than one frame give finite values and never raise: silence gives
 0 for every prosody value; the spectrograms zero-pad a short wave so at least one frame comes out.
@@ -21,6 +23,7 @@ log_mel(n_mels=128, win_length=400, hop_length=200) (FV2ES).
 import functools
 import math
 
+import numpy as np
 import torch
 import torchaudio
 
@@ -132,6 +135,24 @@ def speech_bounds(wave, *, top_db=35.0, sample_rate=16000, frame_length=400, hop
     indices = loud.nonzero().flatten()
     pad = int(pad_seconds * sample_rate)
     return max(0, int(indices[0]) * hop_length - pad), min(total, int(indices[-1]) * hop_length + frame_length + pad)
+
+
+def trim_silence(wave, top_db, *, sample_rate=16000):
+    """The wave (numpy or torch, 1-D) without its leading and trailing silence (speech_bounds at top_db),
+    unchanged when top_db is 0: train_av's --trim-db."""
+    if not top_db:
+        return wave
+    start, end = speech_bounds(torch.tensor(np.asarray(wave, dtype=np.float32)), top_db=top_db, sample_rate=sample_rate)
+    return wave[start:end]
+
+
+def crop_seconds(wave, seconds, *, at_random, sample_rate=16000):
+    """At most `seconds` of the wave: a random window (training) or the centre one (evaluation, prediction)."""
+    keep = int(seconds * sample_rate)
+    if keep <= 0 or len(wave) <= keep:
+        return wave
+    start = int(torch.randint(0, len(wave) - keep + 1, ())) if at_random else (len(wave) - keep) // 2
+    return wave[start:start + keep]
 
 
 def _parabolic_offset(left, centre, right):

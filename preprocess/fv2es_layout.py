@@ -20,8 +20,9 @@ import torchaudio
 
 from common import atomic_write
 from preprocess.features import log_mel, mfcc
-from preprocess.media import iter_frames, load_audio
+from preprocess.media import load_audio
 from preprocess.mtcnn import FaceCropper
+from preprocess.timeline import grid_times, iter_segments  # noqa: F401 (grid_times: the layout's frame grid)
 
 HCF_SIZES = (300, 144, 35)  # text, audio, visual
 LAYOUT = {"iemocap": ("IEMOCAP_RAW_PROCESSED", "IEMOCAP_SPLIT", "IEMOCAP_HCF_FEATURES"),
@@ -30,29 +31,12 @@ LAYOUT = {"iemocap": ("IEMOCAP_RAW_PROCESSED", "IEMOCAP_SPLIT", "IEMOCAP_HCF_FEA
 
 # ---------------------------------------------------------------- frames, audio, faces
 
-def grid_times(start, end, step):
-    """The sampling-grid times (seconds, multiples of step) for a segment: those in [start, end), or the first
-    at or after start."""
-    first = math.ceil(round(start / step, 6))
-    last = math.ceil(round(end / step, 6)) - 1
-    return [k * step for k in range(first, max(first, last) + 1)]
-
-
 def frames_for_segments(video, segments, *, interval_ms):
-    """One streaming pass over `video`: yields (key, index, rgb) for every grid time of every segment
-    {key: (start_s, end_s)} (grid_times), frames sampled by timestamp every interval_ms."""
-    step = interval_ms / 1000
-    wanted = {}
-    for key, (start, end) in segments.items():
-        for index, time in enumerate(grid_times(start, end, step)):
-            wanted.setdefault(round(time / step), []).append((key, index))
-    last = max(wanted, default=-1)
-    for time, rgb in iter_frames(video, interval_ms=interval_ms):
-        tick = round(time / step)
-        for key, index in wanted.get(tick, []):
+    """One streaming pass over `video` (preprocess.timeline.iter_segments): yields (key, index, rgb) for every grid
+    time of every segment {key: (start_s, end_s)} (timeline.grid_times), frames sampled by timestamp every interval_ms."""
+    for key, frames, _ in iter_segments(video, segments, interval_ms=interval_ms, audio=False):
+        for index, rgb in frames:
             yield key, index, rgb
-        if tick >= last:
-            break
 
 
 def square_jpeg(path, rgb, size):

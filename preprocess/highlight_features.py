@@ -1,9 +1,15 @@
 """Per-second features for highlight detection, and the utterance corpora the audio emotion probes train on.
 
-Per second of a video: the frame sampled at that second (RGB, centre crop) through a frozen ViT (CLS token)
-or kept as pixels for the CNN trained with the model; the audio window [s, s+1) as MFCC-32 mean+std (the
-probes' input), the probes' outputs (emotion probabilities, arousal, valence) and log-mel-64 mean+std or
-the wav2vec2 mean. Everything streams (frames in batches, audio in 60-s chunks) and is cached per video.
+Everything comes from one streaming pass over the video through preprocess.timeline.build_timeline (frames at
+1 fps, audio in 1-s pieces), cached per video and settings. Per second:
+  audio   [probe outputs: emotion probabilities, arousal, valence (with --probes)] [log-mel-64 mean+std of the
+          second, or the wav2vec2 mean (--audio-model)] [speech emotion: the SpeechEmotion probabilities,
+          speech_arousal, speech flag, loudness dBFS / 100 (with --speech-emotion-ckpt)]; the probes' input is
+          the MFCC-32 mean+std of the second
+  images  the second's frame, centre square resized to the encoder's size, through a frozen ViT (CLS token) or
+          kept as uint8 pixels for the CNN trained with the model
+  faces   (with --face-expression) [face flag, the 7 expression probabilities (0 without a face), face box
+          area / frame area]
 
 Probe corpora, each utterance -> (path, emotion, arousal 1-5, valence 1-5, speaker group):
 - RAVDESS (preprocess.ravdess): arousal 2 (normal) / 4 (strong intensity), valence from the emotion.
@@ -17,16 +23,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import load_pretrained
+from common import InputError, load_pretrained
 from models.highlight import EmotionProbe
 from preprocess.cache import cached_array
 from preprocess.features import log_mel, mfcc_of_log_mel
 from preprocess.kemdy20 import EMOTIONS as KEMDY20_EMOTIONS, scan_kemdy20
-from preprocess.media import decoded_ahead, iter_audio, iter_frames
+from preprocess.media import MediaError
 from preprocess.ravdess import EMOTIONS as RAVDESS_EMOTIONS, scan_ravdess
+from preprocess.timeline import FaceAnalyser, SpeechEmotion, build_timeline, iter_one_second_waves
 
 SAMPLE_RATE = 16000
 RAVDESS_VALENCE = {"neutral": 3, "calm": 4, "happy": 5, "sad": 1, "angry": 1, "fearful": 2, "disgust": 1, "surprised": 4}
+AUDIO_BATCH_SECONDS = 60
 
 
 def window_stats(windows):
@@ -39,20 +47,27 @@ def window_stats(windows):
 
 
 def iter_windows(path, batch_seconds=60):
-    """Stream (N, 16000) one-second windows of a file's audio; the last partial second is zero-padded."""
-    pending = torch.zeros(0)
-    for _, chunk in iter_audio(path, chunk_seconds=batch_seconds):
-        pending = torch.cat([pending, chunk])
-        whole = len(pending) // SAMPLE_RATE * SAMPLE_RATE
-        if whole:
-            yield pending[:whole].view(-1, SAMPLE_RATE)
-            pending = pending[whole:]
-    if len(pending):
-        yield F.pad(pending, (0, SAMPLE_RATE - len(pending)))[None]
+    """Stream (N, 16000) one-second windows of a file's audio in batches of whole seconds; the last partial second,
+    zero-padded, comes in a batch of its own."""
+    batch = []
+    for wave in iter_one_second_waves(path):
+        if len(wave) < SAMPLE_RATE:
+            if batch:
+                yield torch.stack(batch)
+            yield F.pad(wave, (0, SAMPLE_RATE - len(wave)))[None]
+            return
+        batch.append(wave)
+        if len(batch) == batch_seconds:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
 
 
 class Encoders:
-    """The frozen parts that turn a video into per-second features, rebuilt from a settings dict."""
+    """The frozen parts that turn a video into per-second features, rebuilt from a settings dict: probes, ViT,
+    wav2vec2, and the timeline's SpeechEmotion ("speech_emotion_ckpt") and FaceAnalyser ("face_analysis": MTCNN
+    from "mtcnn", expressions from "face_expression")."""
 
     def __init__(self, settings, probe_state=None):
         self.settings, self.probe_state, self.probe, self.vit, self.wav2vec2 = settings, probe_state, None, None, None
@@ -64,6 +79,12 @@ class Encoders:
             self.vit = load_pretrained("ViTModel", settings["image_model"])
         if settings.get("audio_model"):
             self.wav2vec2 = load_pretrained("Wav2Vec2Model", settings["audio_model"])
+        self.speech = self.faces = None
+        if settings.get("speech_emotion_ckpt"):
+            self.speech = SpeechEmotion.from_checkpoint(settings["speech_emotion_ckpt"], window_s=settings.get("speech_window", 3.0),
+                                                        hop_s=settings.get("speech_hop", 1.0))
+        if settings.get("face_analysis"):
+            self.faces = FaceAnalyser(settings.get("mtcnn"), settings.get("face_expression"))
 
     @property
     def frame_size(self):
@@ -90,17 +111,15 @@ class Encoders:
         pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # ViT in21k: mean 0.5, std 0.5
         return self.vit(pixel_values=pixels).last_hidden_state[:, 0].numpy()
 
-    def iter_image_batches(self, path, batch=32):
-        """Stream (timestamps, frames, encoded batch) at 1 frame per second."""
-        times, frames = [], []
-        # decoding runs a few frames ahead in its own thread while the encoder works on a batch
-        for timestamp, frame in decoded_ahead(iter_frames(path, fps=1, size=self.frame_size, center_crop=True)):
-            times.append(timestamp), frames.append(frame)
-            if len(frames) == batch:
-                yield times, frames, self.images(np.stack(frames))
-                times, frames = [], []
-        if frames:
-            yield times, frames, self.images(np.stack(frames))
+
+def square_crops(frames, size):
+    """uint8 (N, H, W, 3) -> the centre squares resized to uint8 (N, size, size, 3) (bilinear, antialiased)."""
+    height, width = frames.shape[1:3]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    squares = torch.from_numpy(frames[:, top:top + side, left:left + side]).permute(0, 3, 1, 2).float()  # (N, 3, side, side)
+    resized = F.interpolate(squares, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def fit_length(array, length):
@@ -110,18 +129,79 @@ def fit_length(array, length):
     return np.concatenate([array, np.repeat(array[-1:], length - len(array), 0)])
 
 
+def speech_features(timeline):
+    """(T, C + 3): speech emotion probabilities, speech_arousal, speech flag, loudness dBFS / 100."""
+    return np.concatenate([timeline["speech_probabilities"], timeline["speech_arousal"][:, None],
+                           timeline["speech"][:, None].astype(np.float32), timeline["loudness_dbfs"][:, None] / 100], 1)
+
+
+def face_features(timeline):
+    """(T, 9): face flag, the 7 expression probabilities (0 without a face), box area / frame area."""
+    boxes = np.nan_to_num(timeline["face_box"])
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (timeline["frame_width"] * timeline["frame_height"])
+    return np.concatenate([timeline["face"][:, None].astype(np.float32), np.nan_to_num(timeline["face_probabilities"]),
+                           area[:, None]], 1).astype(np.float32)
+
+
+def extract(path, encoders, settings, *, frame_hooks=()):
+    """One pass over the video -> ({"audio", "images", "faces"} as the settings ask, each (T, ...)), timeline).
+    frame_hooks ride on the same decode (build_timeline's)."""
+    modalities, images, audio, waves = settings["modalities"], [], [], []
+
+    def encode_frames(seconds, frames):
+        images.append(encoders.images(square_crops(frames, encoders.frame_size)))
+
+    def collect_wave(media):
+        if media.wave is not None:
+            waves.append(F.pad(media.wave, (0, SAMPLE_RATE - len(media.wave))))
+            if len(waves) == AUDIO_BATCH_SECONDS:
+                flush_waves()
+
+    def flush_waves():
+        if waves:
+            audio.append(encoders.audio(torch.stack(waves)).numpy())
+            waves.clear()
+
+    timeline = build_timeline(path, speech=encoders.speech, faces=encoders.faces,
+                              frame_hooks=[*(([encode_frames]) if "v" in modalities else []), *frame_hooks],
+                              second_hooks=[collect_wave] if "a" in modalities else [])
+    flush_waves()
+    length, features = len(timeline["second"]), {}
+    if "a" in modalities:
+        if not audio:
+            raise MediaError(path, f"no audio stream, but the model uses audio (-mod {modalities})")
+        parts = [fit_length(np.concatenate(audio), length)]
+        if encoders.speech is not None:
+            parts.append(speech_features(timeline))
+        features["audio"] = np.concatenate(parts, 1).astype(np.float32)
+    if "v" in modalities:
+        if not images:
+            raise MediaError(path, f"no video {'stream' if not timeline['has_video'] else 'frames'}, but the model uses video (-mod {modalities})")
+        features["images"] = fit_length(np.concatenate(images), length)
+        if settings.get("face_expression"):
+            features["faces"] = face_features(timeline)
+    return features, timeline
+
+
 def video_features(path, encoders, settings):
-    """{"audio": (T_a, D_a) float32, "images": (T_v, ...) } cached per video and settings."""
-    result = {}
+    """extract(...)[0], each array cached per video and settings (one pass computes whatever is missing)."""
+    keys = {}
     if "a" in settings["modalities"]:
-        key = {"kind": "audio", "probes": settings.get("probes_sha1"), "audio_model": settings.get("audio_model")}
-        result["audio"] = cached_array(settings["cache"], path, key, lambda: torch.cat(
-            [encoders.audio(windows) for windows in iter_windows(path)]).numpy().astype(np.float32))
+        keys["audio"] = {"kind": "audio", "probes": settings.get("probes_sha1"), "audio_model": settings.get("audio_model"),
+                         "speech": settings.get("speech_emotion_sha1"), "window": settings.get("speech_window"),
+                         "hop": settings.get("speech_hop"), "decode": "timeline"}
     if "v" in settings["modalities"]:
-        key = {"kind": "images", "encoder": settings["image_encoder"], "model": settings["image_model"], "size": encoders.frame_size}
-        result["images"] = cached_array(settings["cache"], path, key, lambda: np.concatenate(
-            [encoded for _, _, encoded in encoders.iter_image_batches(path)]))
-    return result
+        keys["images"] = {"kind": "images", "encoder": settings["image_encoder"], "model": settings["image_model"],
+                          "size": encoders.frame_size, "decode": "timeline"}
+        if settings.get("face_expression"):
+            keys["faces"] = {"kind": "faces", "expression": settings.get("face_expression_sha1"), "decode": "timeline"}
+    computed = {}
+
+    def compute(name):
+        if not computed:
+            computed.update(extract(path, encoders, settings)[0])
+        return computed[name]
+    return {name: cached_array(settings["cache"], path, key, lambda name=name: compute(name)) for name, key in keys.items()}
 
 
 # ---------------------------------------------------------------- probe corpora

@@ -1,10 +1,13 @@
 """Highlight outputs from per-second scores: merged segments, scores.csv, an mp4 reel of the segments
-(PyAV: video re-encoded, audio copied where an mp4 holds it as it is) and a self-contained report.html
-(inline SVG drawn by inline JS, thumbnails as data URIs, no network).
+(PyAV: video re-encoded, audio copied where an mp4 holds it as it is) and a self-contained report.html (inline SVG
+drawn by inline JS, thumbnails and the reel as data URIs, no network): the score with its segments, the emotion
+timeline (speech emotion stacked areas, face expression heat strip, arousal and loudness curves), thumbnails with
+face boxes, the reel playable in the page with a button per segment that seeks the reel to it.
 
     segments = find_segments(scores, threshold=0.5, merge_gap=2, min_segment=2, top_k=5)
     write_reel(video_path, segments, out_dir / "reel.mp4")
-    write_report(out_dir / "report.html", title=..., scores=..., threshold=..., segments=..., probes=..., thumbnails=...)
+    write_report(out_dir / "report.html", title=..., scores=..., threshold=..., segments=..., thumbnails=...,
+                 timeline=..., reel=out_dir / "reel.mp4")
 """
 import base64
 import bisect
@@ -260,13 +263,42 @@ def thumbnail_stride(duration_s, count=48):
     return max(1, math.ceil((duration_s or 1) / count))
 
 
-def write_report(path, *, title, scores, threshold, segments, probes, thumbnails):
+# the reel is put inside report.html (a data: URI) up to this size; a bigger one is linked as reel.mp4 beside it
+REPORT_EMBED_MAX_BYTES = 25_000_000
+
+
+def write_report(path, *, title, scores, threshold, segments, probes=None, thumbnails=(), timeline=None, reel=None,
+                 scores_from=""):
     """One self-contained HTML file; the data is embedded as JSON and drawn as SVG by inline JS.
-    probes: {name: [value per second]}; thumbnails: [{"t": second, "src": data URI}]."""
-    data = {"title": title, "scores": [round(float(s), 4) for s in scores], "threshold": threshold,
-            "segments": segments, "probes": {k: [round(float(v), 4) for v in vals] for k, vals in probes.items()},
-            "thumbnails": thumbnails}
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    probes: {name: [value per second]} (the seed's audio probes); thumbnails: [{"t": second, "src": data URI}];
+    timeline: preprocess.timeline's arrays (speech emotion as stacked areas, face expressions as a heat strip,
+    arousal curves, face boxes on the thumbnails); reel: the reel mp4, played in the page (embedded up to
+    REPORT_EMBED_MAX_BYTES, else linked by its name, so it must stay beside the report); each segment's play button
+    seeks the reel to that segment."""
+    def rounded(values):
+        return [None if not np.isfinite(v) else round(float(v), 3) for v in np.asarray(values, dtype=float)]
+    data = {"title": title, "scores": [round(float(s), 4) for s in scores], "threshold": threshold, "scores_from": scores_from,
+            "segments": segments, "probes": {k: rounded(vals) for k, vals in (probes or {}).items()},
+            "thumbnails": list(thumbnails), "reel": None}
+    if timeline is not None:
+        speech = timeline["speech"].astype(bool)
+        data["timeline"] = {"speech": [int(v) for v in speech], "loudness": rounded(timeline["loudness_dbfs"]),
+                            "width": timeline.get("frame_width", 0), "height": timeline.get("frame_height", 0)}
+        if "speech_probabilities" in timeline:
+            data["timeline"]["speech_classes"] = list(timeline["speech_classes"])
+            data["timeline"]["speech_probabilities"] = [rounded(row) if spoken else None
+                                                        for row, spoken in zip(timeline["speech_probabilities"], speech)]
+            data["timeline"]["speech_arousal"] = rounded(np.where(speech, timeline["speech_arousal"], np.nan))
+        if "face_box" in timeline:
+            data["timeline"]["face_box"] = [rounded(box) if np.isfinite(box).all() else None for box in timeline["face_box"]]
+        if "face_probabilities" in timeline:
+            data["timeline"]["face_classes"] = list(timeline["face_classes"])
+            data["timeline"]["face_probabilities"] = [rounded(row) if np.isfinite(row).all() else None for row in timeline["face_probabilities"]]
+            data["timeline"]["face_arousal"] = rounded(timeline["face_arousal"])
+    if reel is not None and reel.is_file():
+        embed = reel.stat().st_size <= REPORT_EMBED_MAX_BYTES
+        data["reel"] = "data:video/mp4;base64," + base64.b64encode(reel.read_bytes()).decode() if embed else reel.name
+    payload = json.dumps(data, ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
     html = TEMPLATE.replace("__TITLE__", _escape(title)).replace("__DATA__", payload)
     atomic_write(path, lambda f: f.write(html), binary=False)
     return path
@@ -279,46 +311,127 @@ def _escape(text):
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Highlights: __TITLE__</title>
 <style>
-body{font:14px sans-serif;margin:20px;color:#222}svg{background:#fafafa;border:1px solid #ddd}
+body{font:14px system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","Noto Sans CJK KR","Noto Sans KR","Apple SD Gothic Neo",
+"Malgun Gothic","Nanum Gothic","Noto Sans CJK JP","Noto Sans CJK SC","Hiragino Sans","Microsoft YaHei",sans-serif;margin:20px;color:#222;max-width:1040px}
+svg{background:#fafafa;border:1px solid #ddd;display:block}h2{margin:22px 0 6px;font-size:17px}
 .segment{fill:#f5a623;opacity:.35}#score-line{fill:none;stroke:#1565c0;stroke-width:1.5}
-.threshold{stroke:#c62828;stroke-dasharray:4 3}.axis{font-size:11px;fill:#555}
-table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px}#thumbs img{margin:1px}
+.threshold{stroke:#c62828;stroke-dasharray:4 3}.axis{font-size:11px;fill:#555}.label{font-size:11px;fill:#333}
+table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px}.legend span{margin-right:10px;white-space:nowrap}
+.thumb{position:relative;display:inline-block;margin:1px;line-height:0}.thumb img{height:72px}
+.face-box{position:absolute;border:2px solid #00e676;box-sizing:border-box}.thumb small{position:absolute;left:2px;bottom:2px;
+color:#fff;font-size:10px;line-height:1;text-shadow:0 0 2px #000}video{max-width:640px;max-height:360px;background:#000}
+button{cursor:pointer}.note{color:#666}
 </style></head><body>
 <h1>Highlights: __TITLE__</h1>
 <p id="summary"></p>
-<h2>Highlight score per second</h2><svg id="timeline" width="1000" height="220"></svg>
-<h2>Audio emotion probes over time</h2><svg id="probes" width="1000" height="220"></svg><div id="legend"></div>
+<h2>Highlight score per second</h2><svg id="timeline" width="1000" height="200"></svg>
+<div id="emotions"></div>
+<h2>Reel</h2><div id="reel-box"></div>
+<h2>Segments</h2><table id="segments"><tr><th>#</th><th>start (s)</th><th>end (s)</th><th>mean score</th><th>thumbnail</th><th>play</th></tr></table>
 <h2>Thumbnails</h2><div id="thumbs"></div>
-<h2>Segments</h2><table id="segments"><tr><th>#</th><th>start (s)</th><th>end (s)</th><th>mean score</th><th>thumbnail</th></tr></table>
 <script id="report-data" type="application/json">__DATA__</script>
 <script>
 const data = JSON.parse(document.getElementById('report-data').textContent);
-const NS = 'http://www.w3.org/2000/svg', W = 1000, H = 220, PAD = 30;
+const NS = 'http://www.w3.org/2000/svg', W = 1000, PAD = 30;
 const n = Math.max(1, data.scores.length);
-const x = t => PAD + (W - 2 * PAD) * t / n, y = (v, lo, hi) => H - PAD - (H - 2 * PAD) * (v - lo) / ((hi - lo) || 1);
-function el(svg, name, attrs, text) { const e = document.createElementNS(NS, name); for (const k in attrs) e.setAttribute(k, attrs[k]); if (text !== undefined) e.textContent = text; svg.appendChild(e); return e; }
-function axes(svg) { el(svg, 'line', {x1: PAD, y1: H - PAD, x2: W - PAD, y2: H - PAD, stroke: '#999'});
-  for (let i = 0; i <= 10; i++) { const t = Math.round(n * i / 10); el(svg, 'text', {x: x(t), y: H - 10, class: 'axis', 'text-anchor': 'middle'}, t + 's'); } }
-function line(values, lo, hi) { return values.map((v, t) => (t ? 'L' : 'M') + x(t + 0.5).toFixed(1) + ',' + y(v, lo, hi).toFixed(1)).join(''); }
-const timeline = document.getElementById('timeline');
-axes(timeline);
+const x = t => PAD + (W - 2 * PAD) * t / n;
+const COLOURS = {neutral: '#9e9e9e', calm: '#80cbc4', happy: '#fdd835', joy: '#fdd835', sad: '#1e88e5', sadness: '#1e88e5',
+  angry: '#e53935', anger: '#e53935', fearful: '#8e24aa', fear: '#8e24aa', disgust: '#43a047', surprised: '#fb8c00', surprise: '#fb8c00'};
+const SPARE = ['#1565c0', '#2e7d32', '#c62828', '#6a1b9a', '#ef6c00', '#00838f', '#5d4037', '#ad1457', '#000', '#777'];
+const colour = (name, i) => COLOURS[name] || SPARE[i % SPARE.length];
+function el(parent, name, attrs, text) { const e = document.createElementNS(NS, name); for (const k in attrs) e.setAttribute(k, attrs[k]); if (text !== undefined) e.textContent = text; parent.appendChild(e); return e; }
+function chart(id, title, height) {
+  const box = document.getElementById('emotions');
+  box.insertAdjacentHTML('beforeend', '<h2>' + title + '</h2>');
+  const svg = el(box, 'svg', {id: id, width: W, height: height});
+  el(svg, 'line', {x1: PAD, y1: height - PAD, x2: W - PAD, y2: height - PAD, stroke: '#999'});
+  for (let i = 0; i <= 10; i++) { const t = Math.round(n * i / 10); el(svg, 'text', {x: x(t), y: height - 10, class: 'axis', 'text-anchor': 'middle'}, t + 's'); }
+  return svg;
+}
+function legend(names, colours) { const div = document.getElementById('emotions').appendChild(document.createElement('div')); div.className = 'legend';
+  names.forEach((name, i) => div.insertAdjacentHTML('beforeend', '<span><span style="color:' + (colours ? colours[i] : colour(name, i)) + '">&#9632;</span> ' + name + '</span>')); }
+function yOf(v, height) { return height - PAD - (height - 2 * PAD) * v; }
+function line(values, height) {  // a path through the non-null values, broken at nulls
+  let d = '', pen = false;
+  values.forEach((v, t) => { if (v === null) { pen = false; return; } d += (pen ? 'L' : 'M') + x(t + 0.5).toFixed(1) + ',' + yOf(v, height).toFixed(1); pen = true; });
+  return d;
+}
+// highlight score, threshold and segments
+const timeline = document.getElementById('timeline'), H = 200;
+el(timeline, 'line', {x1: PAD, y1: H - PAD, x2: W - PAD, y2: H - PAD, stroke: '#999'});
+for (let i = 0; i <= 10; i++) { const t = Math.round(n * i / 10); el(timeline, 'text', {x: x(t), y: H - 10, class: 'axis', 'text-anchor': 'middle'}, t + 's'); }
 data.segments.forEach(s => el(timeline, 'rect', {class: 'segment', x: x(s.start), y: PAD, width: x(s.end + 1) - x(s.start), height: H - 2 * PAD}));
-if (data.threshold !== null) el(timeline, 'line', {class: 'threshold', x1: PAD, x2: W - PAD, y1: y(data.threshold, 0, 1), y2: y(data.threshold, 0, 1)});
-el(timeline, 'path', {id: 'score-line', d: line(data.scores, 0, 1)});
-const probes = document.getElementById('probes'), colours = ['#1565c0', '#2e7d32', '#c62828', '#6a1b9a', '#ef6c00', '#00838f', '#5d4037', '#ad1457', '#000', '#777'];
-axes(probes);
-Object.entries(data.probes).forEach(([name, values], i) => {
-  const scaled = name === 'arousal' || name === 'valence' ? values.map(v => (v - 1) / 4) : values;
-  el(probes, 'path', {class: 'probe-line', d: line(scaled, 0, 1), fill: 'none', stroke: colours[i % colours.length]});
-  document.getElementById('legend').insertAdjacentHTML('beforeend', '<span style="color:' + colours[i % colours.length] + '">&#9632; ' + name + '</span> ');
-});
+if (data.threshold !== null) el(timeline, 'line', {class: 'threshold', x1: PAD, x2: W - PAD, y1: yOf(data.threshold, H), y2: yOf(data.threshold, H)});
+el(timeline, 'path', {id: 'score-line', d: line(data.scores, H)});
+const tl = data.timeline;
+if (tl && tl.speech_probabilities) {  // stacked areas, one band per class, drawn where the energy rule hears speech
+  const names = tl.speech_classes, h = 200, svg = chart('speech-emotion', 'Speech emotion per second (stacked; blank: no speech)', h);
+  const bottom = new Array(n).fill(0);
+  names.forEach((name, c) => {
+    let d = '';
+    tl.speech_probabilities.forEach((row, t) => { if (row === null) return;
+      const y0 = yOf(bottom[t], h), y1 = yOf(bottom[t] + row[c], h);
+      d += 'M' + x(t).toFixed(1) + ',' + y0.toFixed(1) + 'L' + x(t + 1).toFixed(1) + ',' + y0.toFixed(1) + 'L' + x(t + 1).toFixed(1) + ',' + y1.toFixed(1) + 'L' + x(t).toFixed(1) + ',' + y1.toFixed(1) + 'Z';
+      bottom[t] += row[c]; });
+    el(svg, 'path', {class: 'speech-area', d: d, fill: colour(name, c), stroke: 'none'}).appendChild(document.createElementNS(NS, 'title')).textContent = name;
+  });
+  legend(names);
+}
+if (tl && tl.face_probabilities) {  // heat strip: one row per expression, darker = more probable; grey: no face
+  const names = tl.face_classes, row = 14, h = PAD + row * names.length + 4, svg = chart('face-expression', 'Face expression per second (heat strip; grey: no face)', h + PAD);
+  names.forEach((name, c) => el(svg, 'text', {x: PAD - 3, y: 4 + row * c + row - 3, class: 'label', 'text-anchor': 'end'}, name.slice(0, 4)));
+  tl.face_probabilities.forEach((probabilities, t) => names.forEach((name, c) => el(svg, 'rect', {class: 'face-cell', x: x(t), y: 4 + row * c,
+    width: Math.max(0.5, x(t + 1) - x(t)), height: row - 1, fill: probabilities === null ? '#e0e0e0' : colour(name, c),
+    'fill-opacity': probabilities === null ? 1 : Math.max(0.04, probabilities[c]).toFixed(3)})));
+}
+if (tl && (tl.speech_arousal || tl.face_arousal)) {
+  const h = 160, svg = chart('arousal', 'Arousal (0 calm - 1 excited) and loudness', h);
+  const loud = tl.loudness.map(v => Math.max(0, Math.min(1, (v + 60) / 60)));
+  el(svg, 'path', {id: 'loudness-line', d: line(loud, h), fill: 'none', stroke: '#bdbdbd'});
+  if (tl.speech_arousal) el(svg, 'path', {id: 'arousal-line', d: line(tl.speech_arousal, h), fill: 'none', stroke: '#d81b60', 'stroke-width': 1.5});
+  if (tl.face_arousal) el(svg, 'path', {id: 'face-arousal-line', d: line(tl.face_arousal, h), fill: 'none', stroke: '#3949ab', 'stroke-width': 1.5});
+  const shown = [[tl.speech_arousal, 'speech arousal', '#d81b60'], [tl.face_arousal, 'face arousal', '#3949ab'], [true, 'loudness (-60..0 dBFS)', '#bdbdbd']].filter(p => p[0]);
+  legend(shown.map(p => p[1]), shown.map(p => p[2]));
+}
+if (Object.keys(data.probes).length) {
+  const h = 200, svg = chart('probes', 'Audio emotion probes over time', h);
+  Object.entries(data.probes).forEach(([name, values], i) => {
+    const scaled = name === 'arousal' || name === 'valence' ? values.map(v => v === null ? null : (v - 1) / 4) : values;
+    el(svg, 'path', {class: 'probe-line', d: line(scaled, h), fill: 'none', stroke: SPARE[i % SPARE.length]});
+  });
+  legend(Object.keys(data.probes), Object.keys(data.probes).map((_, i) => SPARE[i % SPARE.length]));
+}
+// thumbnails, with the face box where one was found that second
+function thumbnail(th) {
+  const box = document.createElement('span'); box.className = 'thumb'; box.title = th.t + ' s';
+  const img = document.createElement('img'); img.src = th.src; box.appendChild(img);
+  const face = tl && tl.face_box ? tl.face_box[th.t] : null;
+  if (face && tl.width && tl.height) { const f = document.createElement('span'); f.className = 'face-box';
+    f.style.left = (100 * face[0] / tl.width) + '%'; f.style.top = (100 * face[1] / tl.height) + '%';
+    f.style.width = (100 * (face[2] - face[0]) / tl.width) + '%'; f.style.height = (100 * (face[3] - face[1]) / tl.height) + '%'; box.appendChild(f); }
+  box.insertAdjacentHTML('beforeend', '<small>' + th.t + 's</small>');
+  return box;
+}
 const thumbs = document.getElementById('thumbs');
-data.thumbnails.forEach(th => { const img = document.createElement('img'); img.src = th.src; img.title = th.t + ' s'; thumbs.appendChild(img); });
-const nearest = t => data.thumbnails.reduce((best, th) => Math.abs(th.t - t) < Math.abs(best.t - t) ? th : best, data.thumbnails[0] || {t: 0, src: ''});
+data.thumbnails.forEach(th => thumbs.appendChild(thumbnail(th)));
+const nearest = t => data.thumbnails.reduce((best, th) => Math.abs(th.t - t) < Math.abs(best.t - t) ? th : best, data.thumbnails[0]);
+// the reel holds the segments back to back: segment i starts where the ones before it end
+let video = null, stopAt = null;
+if (data.reel) {
+  video = document.createElement('video'); video.id = 'reel'; video.controls = true; video.preload = 'metadata'; video.src = data.reel;
+  video.addEventListener('timeupdate', () => { if (stopAt !== null && video.currentTime >= stopAt) { video.pause(); stopAt = null; } });
+  document.getElementById('reel-box').appendChild(video);
+} else { document.getElementById('reel-box').innerHTML = '<p class="note">no reel (no segment, or no video stream)</p>'; }
 const table = document.getElementById('segments');
+let offset = 0;
 data.segments.forEach((s, i) => { const row = table.insertRow(); [i + 1, s.start, s.end + 1, s.score.toFixed(3)].forEach(v => row.insertCell().textContent = v);
-  const img = document.createElement('img'); img.src = nearest(s.start).src; row.insertCell().appendChild(img); });
-document.getElementById('summary').textContent = n + ' s scored; ' + data.segments.length + ' highlight segment(s)' + (data.threshold !== null ? ', threshold ' + data.threshold : '');
+  const cell = row.insertCell(); if (data.thumbnails.length) cell.appendChild(thumbnail(nearest(s.start)));
+  const start = offset, length = s.end - s.start + 1; offset += length;
+  if (video) { const button = document.createElement('button'); button.className = 'play-segment'; button.textContent = '\u25B6 ' + length + ' s';
+    button.dataset.reelStart = start; button.onclick = () => { video.currentTime = start; stopAt = start + length; video.play(); };
+    row.insertCell().appendChild(button); } else row.insertCell().textContent = '-'; });
+document.getElementById('summary').textContent = n + ' s scored' + (data.scores_from ? ' (' + data.scores_from + ')' : '') + '; ' +
+  data.segments.length + ' highlight segment(s)' + (data.threshold !== null ? ', threshold ' + data.threshold : '');
 document.body.dataset.drawn = 'yes';
 </script></body></html>
 """

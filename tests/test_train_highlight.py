@@ -339,7 +339,8 @@ def test_vit_and_wav2vec2_from_local_folders_and_mean_labels(aihub, tmp_path):
                                     "--cache", str(tmp_path / "cache"), "--out", str(out)])
     assert "test" in metrics and metrics["test"]["n"] == 4 * 40
     video = Path(json.loads((out / "split.json").read_text(encoding="utf-8"))["test"][0]["path"])
-    result = train_highlight.main(["--predict", str(video), "--ckpt", str(out / "model.pt"), "--out", str(tmp_path / "pred"), "--fraction", "0.2"])
+    result = train_highlight.main(["--predict", str(video), "--ckpt", str(out / "model.pt"), "--out", str(tmp_path / "pred"), "--fraction", "0.2",
+                                   "--merge-gap", "0"])
     assert len(result["scores"]) == 40 and (tmp_path / "pred" / "report.html").is_file()
     assert sum(s["end"] - s["start"] + 1 for s in result["segments"]) <= 8  # --fraction 0.2 of 40 s
     with pytest.raises(InputError, match="cannot load ViTModel"):
