@@ -9,6 +9,8 @@ Train (the published recipe, GPU), leave-one-session-out, text only offline, a h
     python train_fv2es.py -lr=4.5e-6 -mod tav --data data/iemocap --protocol loso --test-session 5 --text-model DIR
     python train_fv2es.py -lr 1e-4 -mod t --data data/mosei --dataset mosei --text-model weights/all-MiniLM-L6-v2
     python train_fv2es.py -lr 1e-3 -mo lf_rnn --hand-crafted -mod tav --data data/iemocap -bi
+MELD text in the same layout (python -m preprocess.meld_to_fv2es MELD/ data/meld_fv2es; 7 classes, text only):
+    python train_fv2es.py -lr 1e-3 --loss ce -bs 32 -mod t --dataset meld --data data/meld_fv2es --text-model weights/all-MiniLM-L6-v2
 Several processes or GPUs (DDP; --batch-size is split over the processes), resume after a crash:
     torchrun --nproc_per_node=2 train_fv2es.py -lr 4.5e-6 -mod tav --data data/iemocap --text-model DIR --out runs/fv2es/ddp
     python train_fv2es.py -lr 4.5e-6 -mod tav --data data/iemocap --text-model DIR --out runs/fv2es/ddp --resume
@@ -18,8 +20,10 @@ Evaluate a checkpoint (no other flag needed), predict on any video:
 
 Model mme2e: faces (48x48 crops cached by the preprocessors; MTCNN when weights/mtcnn holds P/R/O-Net, else a
 centre crop) -> RepVGG CNN; 128-bin log-mel in 0.4-s chunks (4x32x32) -> nested transformer; per modality a
-transformer with CLS token and key-padding mask -> Linear -> 6 logits; text: a transformers encoder (first
-token -> Linear), trained at lr / --text-lr-factor; learned weighted late fusion Linear(M -> 1, no bias).
+transformer with CLS token and key-padding mask -> Linear -> 6 logits; text: models/text_encoder.py (mean pooling
+for sentence-transformers folders, the first token otherwise -> Linear), trained with the model at --text-lr (the
+encoder family's fine-tuning rate unless given; lr / --text-lr-factor when that is given); learned weighted late
+fusion Linear(M -> 1, no bias). -mod t on one process trains on batches of texts of similar length.
 Loss bce with pos_weight = neg/pos on train. Per class the sigmoid threshold in {0.05, ..., 0.95} with the best F1
 on VALID is chosen and applied to test. Outputs in --out (default runs/fv2es/NNN): args.json, split.json,
 model.pt (best mean valid F1; carries args and thresholds), last.pt (--resume), metrics.json {"valid", "test",
@@ -30,7 +34,8 @@ and validates on 10% of the other sessions' dialogues. The original's flag spell
 --datapath, -lr/--learning-rate, -hs/--hidden-size and -nl/--num-layers are --data, --lr, --hidden and --layers
 (lf_transformer takes its layers from --trans-nlayers); --feature-dim, -st/--sparse-threshold and -aft are
 accepted and ignored (no model here uses them, as in the original's mme2e).
-Deviations from the original: --ckpt/--valid/--test work; the visual head is optimised; RepVGG is fused on a
+Deviations from the original: --ckpt/--valid/--test work; the text encoder trains at its family's fine-tuning rate
+(was lr / --text-lr-factor 10) and pools as its folder says (was the first token); the visual head is optimised; RepVGG is fused on a
 copy for inference only; -lr is required only for training; -bs defaults to 2 (was required); --fusion
 late (the original default 'early' was ignored by mme2e); audio NesT preset 'cpu' (the paper's is
 --audio-size paper); splits grouped (--protocol loso). Other defaults are the original README's training command's (-ep 30
