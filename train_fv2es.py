@@ -247,11 +247,12 @@ def text_model_name(args):
 
 
 def build_model(args):
+    num_classes = args.num_emotions or len(CLASS_NAMES[args.dataset])
     if args.model == "mme2e":
-        return MME2E(modalities=args.modalities, num_classes=args.num_emotions, trans_dim=args.trans_dim, trans_nlayers=args.trans_nlayers,
+        return MME2E(modalities=args.modalities, num_classes=num_classes, trans_dim=args.trans_dim, trans_nlayers=args.trans_nlayers,
                      trans_nheads=args.trans_nheads, audio_size=args.audio_size, dropout=args.dropout, fusion=args.fusion,
                      text_model=text_model_name(args) if "t" in args.modalities else None)
-    return HandCrafted(kind=args.model, modalities=args.modalities, input_dims=dict(zip("tav", args.hfc_sizes)), num_classes=args.num_emotions,
+    return HandCrafted(kind=args.model, modalities=args.modalities, input_dims=dict(zip("tav", args.hfc_sizes)), num_classes=num_classes,
                        hidden=args.hidden, num_layers=args.layers, bidirectional=args.bidirectional, gru=args.gru,
                        trans_dim=args.trans_dim, trans_nlayers=args.trans_nlayers, trans_nheads=args.trans_nheads, dropout=args.dropout,
                        fusion=args.fusion)
