@@ -35,8 +35,8 @@ and validates on 10% of the other sessions' dialogues. The original's flag spell
 (lf_transformer takes its layers from --trans-nlayers); --feature-dim, -st/--sparse-threshold and -aft are
 accepted and ignored (no model here uses them, as in the original's mme2e).
 Deviations from the original: --ckpt/--valid/--test work; the text encoder trains at its family's fine-tuning rate
-(was lr / --text-lr-factor 10) and pools as its folder says (was the first token); the visual head is optimised; RepVGG is fused on a
-copy for inference only; -lr is required only for training; -bs defaults to 2 (was required); --fusion
+(was lr / --text-lr-factor 10) and pools as its folder says (was the first token); the visual head is optimised;
+RepVGG is fused on a copy for inference only; -lr is required only for training; -bs defaults to 2 (was required); --fusion
 late (the original default 'early' was ignored by mme2e); audio NesT preset 'cpu' (the paper's is
 --audio-size paper); splits grouped (--protocol loso). Other defaults are the original README's training command's (-ep 30
 -bs 2 -es 6 --trans-dim 64 --trans-nlayers 4 --trans-nheads 4 --num-emotions 6 --text-max-len 100); the original
@@ -63,8 +63,7 @@ from models.text_encoder import finetune_lr
 from preprocess.cache import cached_array
 from preprocess.features import log_mel
 from preprocess.fv2es_layout import HCF_SIZES, LAYOUT, make_cropper
-from preprocess.fv2es_reader import read_processed
-from preprocess.fv2es_reader import CLASS_NAMES as READER_CLASS_NAMES
+from preprocess.fv2es_reader import CLASS_NAMES as READER_CLASS_NAMES, read_processed
 from preprocess.iemocap import loso_splits
 
 CLASS_NAMES = {dataset: list(names) for dataset, names in READER_CLASS_NAMES.items()}
