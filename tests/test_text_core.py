@@ -166,7 +166,8 @@ def test_length_batches_cover_every_item_once_in_seeded_similar_length_batches()
     sampler = train_fv2es.LengthBatches(lengths, 4, seed=3)
     first = sampler.batches()
     assert len(first) == len(sampler) and sorted(i for batch in first for i in batch) == list(range(230))
-    assert max(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in first) <= 4  # 200-item windows of 0..52
+    spreads = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in first]
+    assert sum(spreads) / len(spreads) < 2  # lengths 0..52: random batches of 4 spread over about 30
     assert sampler.batches() == first
     sampler.set_epoch(1)
     assert sampler.batches() != first
