@@ -26,7 +26,8 @@ from preprocess.timeline import grid_times, iter_segments  # noqa: F401 (grid_ti
 
 HCF_SIZES = (300, 144, 35)  # text, audio, visual
 LAYOUT = {"iemocap": ("IEMOCAP_RAW_PROCESSED", "IEMOCAP_SPLIT", "IEMOCAP_HCF_FEATURES"),
-          "mosei": ("MOSEI_RAW_PROCESSED", "MOSEI_SPLIT", "MOSEI_HCF_FEATURES")}
+          "mosei": ("MOSEI_RAW_PROCESSED", "MOSEI_SPLIT", "MOSEI_HCF_FEATURES"),
+          "meld": ("MELD_RAW_PROCESSED", "MELD_SPLIT", "MELD_HCF_FEATURES")}  # text only (preprocess.meld_to_fv2es)
 
 
 # ---------------------------------------------------------------- frames, audio, faces
