@@ -18,8 +18,10 @@
    Without --ckpt, zero-shot: the score is the emotional intensity of preprocess.timeline.emotional_intensity (speech
    arousal, non-neutral speech, expression strength, relative loudness; what is missing is left out and said), and the
    top --fraction (default 0.15) of the seconds are marked; the speech model and face weights are picked up from
-   runs/speech-emotion/model.pt and weights/fer/, weights/mtcnn/ when present:
+   runs/speech-emotion/model.pt and weights/fer/, weights/mtcnn/ when present; a transcript adds the text emotion of
+   each line from a train_meld.py -mod t model (frozen encoder) to the timeline and the report:
     python train_highlight.py --predict interview.mp4 --out runs/highlight/interview
+    python train_highlight.py --predict interview.mp4 --transcript interview.txt --text-ckpt runs/meld/text/model.pt --out runs/highlight/interview
 `make highlight` runs the whole chain on a synthetic demo set; `make highlight DATA=/path/to/aihub` on real data.
 Several processes or GPUs (DDP for step 2; each global --batch-size batch of chunks is split over the processes,
 the per-video features are extracted in per-rank shards into the shared --cache first, rank 0 writes the run):
@@ -49,7 +51,7 @@ from preprocess.aihub import chunk_bounds, scan_aihub
 from preprocess.highlight_features import Encoders, extract, fit_length, iter_windows, probe_utterances, video_features, window_stats
 from preprocess.media import MediaError, probe
 from preprocess.report import find_segments, jpeg_data_uri, thumbnail_stride, write_reel, write_report, write_scores_csv
-from preprocess.timeline import emotional_intensity, write_timeline
+from preprocess.timeline import TextEmotion, emotional_intensity, read_transcript, write_timeline
 
 DEFAULT_SPEECH_CKPT = Path("runs/speech-emotion/model.pt")  # `make speech-emotion` writes it
 DEFAULT_FACE_EXPRESSION = Path("weights/fer/mini_xception.pt")  # `make weights` writes it
@@ -101,6 +103,9 @@ def build_parser():
     run.add_argument("--fraction", type=float, help=f"--predict: mark this fraction of the highest-scored seconds instead (default: none; zero-shot {ZERO_SHOT_FRACTION})")
     run.add_argument("--top-k", type=int, help="--predict: keep the K segments with the highest mean score (default: all)")
     run.add_argument("--merge-gap", type=int, default=2, help="--predict: join segments at most this many seconds apart (default %(default)s)")
+    run.add_argument("--transcript", help="--predict: `start end text` lines (seconds) for text emotion (default: none)")
+    run.add_argument("--text-ckpt", help="--predict: train_meld.py -mod t model.pt for --transcript (default: none)")
+    run.add_argument("--text-model", help="--predict: sentence encoder folder of --text-ckpt (default: the one it names)")
     run.add_argument("--min-segment", type=int, default=2, help="--predict: drop segments shorter than this many seconds (default %(default)s)")
     add_logistics_args(parser)
     return parser
@@ -417,7 +422,11 @@ def predict(args):
 
     def keep_thumbnails(seconds, frames):
         thumbnails.extend({"t": int(t), "src": jpeg_data_uri(frame)} for t, frame in zip(seconds, frames) if int(t) % stride == 0)
-    features, timeline = extract(path, encoders, settings, frame_hooks=[keep_thumbnails])
+    if bool(args.transcript) != bool(args.text_ckpt):
+        raise InputError("--transcript and --text-ckpt go together (a train_meld.py -mod t model reads the transcript)")
+    text = TextEmotion(args.text_ckpt, text_model=args.text_model) if args.text_ckpt else None
+    features, timeline = extract(path, encoders, settings, frame_hooks=[keep_thumbnails], text=text,
+                                 transcript=read_transcript(args.transcript) if args.transcript else None)
     length = len(timeline["second"])
     if state:
         model = build_model(settings)
