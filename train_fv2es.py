@@ -340,31 +340,12 @@ def load_weights(model, state, modalities=None):
 
 # ---------------------------------------------------------------- --predict on any video
 
-def read_transcript(path):
-    """[(start, end, text)] from `start end text` lines (seconds); blank lines and # comments skipped."""
-    segments = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        parts = line.split(maxsplit=2)
-        try:
-            start, end = float(parts[0]), float(parts[1])
-        except (ValueError, IndexError):
-            raise InputError(f"{path}:{number}: expected `start end text` (seconds), got {line.strip()[:60]!r}") from None
-        if end <= start:
-            raise InputError(f"{path}:{number}: end {end} is not after start {start}")
-        segments.append((start, end, parts[2].strip() if len(parts) > 2 else ""))
-    if not segments:
-        raise InputError(f"{path}: no `start end text` lines")
-    return segments
-
-
 def predict(cli, device):
     """Segments (transcript times or fixed windows) of one video -> per-segment probabilities, JSON + HTML."""
     from preprocess.fv2es_layout import audio_hcf, text_hcf, visual_hcf
     from preprocess.media import probe
     from preprocess.report import jpeg_data_uri
-    from preprocess.timeline import iter_segments
+    from preprocess.timeline import iter_segments, read_transcript
     if not cli.ckpt or not cli.out:
         raise InputError("--predict needs --ckpt RUN/model.pt and --out DIR")
     started = time.perf_counter()

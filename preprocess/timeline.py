@@ -24,12 +24,13 @@ Per second s (the span [s, s+1)), the columns of timeline.csv and the keys of ti
                              a second averages the windows centred inside it, or takes the nearest); empty where
                              speech is 0
   speech_arousal             sum over classes of probability x AROUSAL[class]
-  face                       1 when MTCNN finds a face in the second's first sampled frame
+  face                       1 when MTCNN finds a face in the second's first frame (decoded with its shorter side at
+                             WORKING_SIDE; faces of FACE_MIN_PX and up there: 80 px and up in a 720p source)
   face_x1, face_y1, face_x2, face_y2   its largest face box in pixels of the source frame
   face_<expression>          mini-Xception probabilities of that face (FER_EMOTIONS order); empty without a face
   face_arousal               as speech_arousal, over the expression probabilities
-  text_<class>               with a transcript and a text checkpoint: emotion of the transcript line covering the
-                             second (see TextEmotion)
+  text_<class>               with a transcript (`start end text` lines) and a train_meld.py -mod t checkpoint: the
+                             emotion of the transcript line covering the second's middle (TextEmotion); empty elsewhere
 
 AROUSAL: where each label sits on the vertical (activation) axis of Russell's circumplex of affect (Russell 1980,
 "A circumplex model of affect"): angry, afraid, surprised/astonished high; happy, disgusted above the middle;
@@ -39,6 +40,7 @@ checked on RAVDESS against its intensity codes (README).
 import collections
 import csv
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +62,14 @@ SPEECH_MIN_FRACTION = 0.2        # 200 ms of a second
 NOISE_FLOOR_SECONDS = 30
 FRAME_SAMPLES, HOP_SAMPLES = 400, 160  # 25-ms frames, 10-ms hop at 16 kHz
 MIN_WINDOW_SAMPLES = SAMPLE_RATE // 4  # train_av's MIN_AUDIO_SAMPLES: shorter windows are zero-padded for pooling
-WORKING_SIDE = 720  # frames are decoded with the shorter side at most this (faces are detected on a smaller copy)
+# frames are decoded with the shorter side at most this: MTCNN looks for faces of FACE_MIN_PX and up on them (80 px of a
+# 720p source: a face a ninth of the frame's height); the image encoders (64-224 px) and thumbnails (72 px) need less.
+# On the bench clip (bench/pipeline.py --only timeline) 20-px faces at 360 px cost MTCNN 8x the time of 40-px ones.
+WORKING_SIDE = 360
+FACE_MIN_PX = 40
+COARSE_FACE_FRACTION = 0.7  # one face's box varies by 10-20 % from second to second
 
+AUDIO_CHUNK_SECONDS = 10  # the resampler's working arrays grow with the chunk (48 kHz: ~2.5 MB a second of audio)
 MediaSecond = collections.namedtuple("MediaSecond", "second wave frames")  # wave: float32 tensor or None; frames: [(t, rgb)]
 
 
@@ -70,7 +78,7 @@ MediaSecond = collections.namedtuple("MediaSecond", "second wave frames")  # wav
 def iter_one_second_waves(path):
     """The file's 16-kHz audio cut into 1-s tensors (the last one shorter)."""
     pending = torch.zeros(0)
-    for _, chunk in iter_audio(path, chunk_seconds=30):
+    for _, chunk in iter_audio(path, chunk_seconds=AUDIO_CHUNK_SECONDS):
         pending = torch.cat([pending, chunk])
         for start in range(0, len(pending) - SAMPLE_RATE + 1, SAMPLE_RATE):
             yield pending[start:start + SAMPLE_RATE]
@@ -80,7 +88,7 @@ def iter_one_second_waves(path):
 
 
 def working_size(path):
-    """The shorter side frames are decoded at: the source's, or WORKING_SIDE when it is larger (4K -> 720)."""
+    """The shorter side frames are decoded at: the source's, or WORKING_SIDE when it is larger (720p -> 360)."""
     info = probe(path)
     if not info["has_video"] or not info["width"]:
         return None
@@ -310,18 +318,92 @@ class SlidingWindows:
         return result
 
 
+# ------------------------------------------------------------------------------------------ text
+
+def read_transcript(path):
+    """[(start, end, text)] from `start end text` lines (seconds); blank lines and # comments skipped."""
+    segments = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split(maxsplit=2)
+        try:
+            start, end = float(parts[0]), float(parts[1])
+        except (ValueError, IndexError):
+            raise InputError(f"{path}:{number}: expected `start end text` (seconds), got {line.strip()[:60]!r}") from None
+        if end <= start:
+            raise InputError(f"{path}:{number}: end {end} is not after start {start}")
+        segments.append((start, end, parts[2].strip() if len(parts) > 2 else ""))
+    if not segments:
+        raise InputError(f"{path}: no `start end text` lines")
+    return segments
+
+
+class TextEmotion:
+    """A train_meld.py -mod t checkpoint on transcript lines, which it reads as one dialogue in time order (each line
+    alone for a --context none model). Needs the frozen sentence encoder it was trained on (--text-model, or the
+    folder its args name); a model trained on a fine-tuned encoder (--text-finetune-epochs) cannot be used, since
+    model.pt does not hold that encoder."""
+
+    def __init__(self, path, *, text_model=None):
+        from models.meld_emotion import MELDEmotionClassifier, SentenceEncoder
+        state = load_checkpoint(path)
+        if not {"args", "input_dims", "feature_mean", "model"} <= set(state) or state["args"].get("modalities") != "t":
+            raise InputError(f"{path}: not a train_meld.py -mod t checkpoint")
+        args = state["args"]
+        if args.get("text_finetune_epochs") or args.get("text_context"):
+            raise InputError(f"{path}: trained on a fine-tuned or context-reading text encoder, which model.pt does not hold; "
+                             "train with --text-finetune-epochs 0 --text-context 0 for transcripts")
+        self.encoder = SentenceEncoder(text_model or args["text_model"], max_length=args["text_max_len"])
+        self.model = MELDEmotionClassifier(input_dims=state["input_dims"], num_classes=len(state["class_names"]), hidden=args["hidden"],
+                                           d_model=args["d_model"], heads=args["heads"], dropout=args["dropout"])
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+        self.class_names, self.context = list(state["class_names"]), args["context"]
+        self.mean, self.std = state["feature_mean"]["t"], state["feature_std"]["t"]
+
+    @torch.no_grad()
+    def __call__(self, texts):
+        """[line texts] -> (N, C) probabilities."""
+        features = ((self.encoder.embed(texts).cpu() - self.mean) / self.std).float()  # (N, F)
+        if self.context == "none":
+            logits = self.model({"t": features[:, None]}, torch.ones(len(texts), dtype=torch.long))[:, 0]
+        else:
+            logits = self.model({"t": features[None]}, torch.tensor([len(texts)]))[0]
+        return logits.softmax(-1).numpy()
+
+
+def text_per_second(text, transcript, length):
+    """(length, C) probabilities: per second those of the transcript line covering its middle (NaN rows: none)."""
+    probabilities = text([line for _, _, line in transcript])
+    result = np.full((length, len(text.class_names)), np.nan, np.float32)
+    for second in range(length):
+        covering = [i for i, (start, end, _) in enumerate(transcript) if start <= second + 0.5 < end]
+        if covering:
+            result[second] = probabilities[covering[-1]]
+    return result
+
+
 # ---------------------------------------------------------------------------------------- faces
 
 class FaceAnalyser:
-    """Largest face per frame (MTCNN on a copy whose shorter side is `detect_side` px; boxes scaled back) and its
-    expression (mini-Xception from models.mini_xception). A missing MTCNN folder -> no faces (`available` False);
-    a missing expression file -> boxes only; files present but broken -> InputError."""
+    """Largest face per frame (MTCNN for faces of min_face_px and up, on a copy whose shorter side is at most
+    `detect_side` px; boxes scaled back) and its expression (mini-Xception from models.mini_xception). A missing MTCNN
+    folder -> no faces (`available` False); a missing expression file -> boxes only; files present but broken ->
+    InputError.
 
-    def __init__(self, mtcnn_dir="weights/mtcnn", expression_path=None, *, detect_side=360, device="cpu"):
+    Coarse first: a batch is searched for faces from COARSE_FACE_FRACTION of the smallest largest-face of the previous
+    batch up, and only the frames where that finds none are searched from min_face_px up. The largest face is the same
+    either way (a face larger than the one found is above the coarse size too), but MTCNN's pyramid then skips its
+    finest, costliest scales: on the bench clip's face (78 px at 360 px) 28 ms a frame instead of 50."""
+
+    def __init__(self, mtcnn_dir="weights/mtcnn", expression_path=None, *, detect_side=WORKING_SIDE, min_face_px=FACE_MIN_PX,
+                 device="cpu"):
         from preprocess.mtcnn import NET_NAMES, MTCNN
-        self.detect_side, self.detector, self.expression = detect_side, None, None
+        self.detect_side, self.min_face_px, self.recent_face_px = detect_side, min_face_px, None
+        self.detector, self.expression = None, None
         if mtcnn_dir and any((Path(mtcnn_dir) / f"{name}.pt").exists() for name in NET_NAMES):
-            self.detector = MTCNN.from_weights(mtcnn_dir, device=device)
+            self.detector = MTCNN.from_weights(mtcnn_dir, device=device, min_face_size=min_face_px)
         if expression_path and Path(expression_path).exists():
             from models.mini_xception import FER_EMOTIONS, load_mini_xception
             self.expression, self.expression_names = load_mini_xception(str(expression_path), device=device), list(FER_EMOTIONS)
@@ -344,13 +426,21 @@ class FaceAnalyser:
         count, height, width = len(frames), frames.shape[1], frames.shape[2]
         boxes = np.full((count, 4), np.nan, np.float32)
         scale = min(1.0, self.detect_side / min(height, width))
-        pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
-        if scale < 1.0:
-            pixels = F.interpolate(pixels, size=(round(height * scale), round(width * scale)), mode="bilinear", antialias=True)
-        small = pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (N, h, w, 3)
-        for index, found in enumerate(self.detector.detect_batch(small)):
-            if len(found):
-                boxes[index] = largest_box(found)[:4] / scale
+        small = frames
+        if scale < 1.0:  # frame by frame: a float copy of a whole batch of large frames would be hundreds of MB
+            small = np.stack([resize_rgb(frame, round(height * scale), round(width * scale)) for frame in frames])
+        coarse = max(self.min_face_px, int(COARSE_FACE_FRACTION * (self.recent_face_px or 0)))
+        found = self._detect(small, coarse)
+        missing = [index for index, faces in enumerate(found) if not len(faces)]
+        if coarse > self.min_face_px and missing:
+            for index, faces in zip(missing, self._detect(small[missing], self.min_face_px)):
+                found[index] = faces
+        sizes = []
+        for index, faces in enumerate(found):
+            if len(faces):
+                box = largest_box(faces)[:4]
+                boxes[index], sizes = box / scale, sizes + [min(box[2] - box[0], box[3] - box[1])]
+        self.recent_face_px = min(sizes) if sizes else None
         expressions = None
         if self.expression is not None:
             from models.mini_xception import faces_to_input
@@ -362,6 +452,10 @@ class FaceAnalyser:
                 expressions[with_face] = logits.softmax(-1).cpu().numpy()
         return boxes, expressions
 
+    def _detect(self, frames, min_face_px):
+        self.detector.min_face_size = min_face_px
+        return self.detector.detect_batch(frames)
+
     @staticmethod
     def _crop(frame, box, resize_uint8):
         """The box squared about its centre, clipped to the frame, as a 64x64 RGB crop."""
@@ -371,14 +465,30 @@ class FaceAnalyser:
         return resize_uint8(frame[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)], 64)
 
 
+def resize_rgb(frame, height, width):
+    """uint8 (H, W, 3) -> uint8 (height, width, 3), bilinear with antialiasing."""
+    pixels = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()  # (1, 3, H, W)
+    resized = F.interpolate(pixels, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return resized[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
 # ------------------------------------------------------------------------------------- the timeline
 
-def build_timeline(path, *, speech=None, faces=None, frame_hooks=(), second_hooks=(), batch_seconds=16):
+def build_timeline(path, *, speech=None, faces=None, text=None, transcript=None, frame_hooks=(), second_hooks=(), batch_seconds=16):
     """One streaming pass over `path` -> {column: per-second numpy array} (the module docstring's columns, plus
-    "speech_classes"/"face_classes" name lists). Frames are decoded at 1 fps at working_size(path); each hook in
+    "speech_classes"/"face_classes"/"text_classes" name lists; text: a TextEmotion on the transcript's lines). Frames are decoded at 1 fps at working_size(path); each hook in
     frame_hooks is called as hook(seconds, frames) with a batch of up to `batch_seconds` seconds that have a frame
     (uint8 (N, H, W, 3)), each in second_hooks as hook(media_second) for every second: the callers' own per-second
     features ride on the same decode."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - 1)))  # the decoding thread keeps a core
+    try:
+        return _build_timeline(path, speech, faces, text, transcript, frame_hooks, second_hooks, batch_seconds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_timeline(path, speech, faces, text, transcript, frame_hooks, second_hooks, batch_seconds):
     info = probe(path)
     if faces is not None and not faces.available:
         faces = None
@@ -439,6 +549,8 @@ def build_timeline(path, *, speech=None, faces=None, frame_hooks=(), second_hook
             timeline["face_classes"], timeline["face_probabilities"] = list(faces.expression_names), expressions
             timeline["face_arousal"] = arousal_of(np.nan_to_num(expressions), faces.expression_names)
             timeline["face_arousal"][timeline["face"] == 0] = np.nan
+    if text is not None and transcript:
+        timeline["text_classes"], timeline["text_probabilities"] = list(text.class_names), text_per_second(text, transcript, length)
     return timeline
 
 

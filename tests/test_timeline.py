@@ -1,7 +1,13 @@
 """preprocess/timeline.py: sliding speech windows land on the right seconds, planted speech emotion comes out at the
-planted seconds, videos without audio or without faces, the zero-shot score ranks planted emotional seconds above
-calm ones, MTCNN at reduced resolution keeps the full-resolution face (real weights; skipped without them)."""
+planted seconds (timeline, train_av --predict), planted text emotion at the transcript lines' seconds, videos without
+audio or without faces, the zero-shot score ranks planted emotional seconds above calm ones, the highlight model
+trains on timeline features, the report draws the timeline in Chromium, MTCNN at reduced resolution keeps the
+full-resolution face and reads its expression (real weights; skipped without them)."""
 import csv
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +17,7 @@ from torch import nn
 
 import train_av
 import train_highlight
+from common import InputError
 from preprocess.fixtures.ravdess import make_ravdess
 from preprocess.fixtures.writers import solid_frame, write_video
 from preprocess.media import load_audio
@@ -190,7 +197,7 @@ def test_faces_found_at_reduced_resolution_at_the_right_seconds(tmp_path):
 
 
 def test_highlight_model_trains_and_predicts_on_timeline_features(speech_model, tmp_path):
-    from common import InputError, load_checkpoint
+    from common import load_checkpoint
     from preprocess.fixtures.aihub import make_aihub
     ckpt, _ = speech_model
     make_aihub(tmp_path / "aihub", categories=("스포츠", "음식"), videos_per_category=3, annotators=1, seed=2)
@@ -218,3 +225,72 @@ def test_train_av_predict_gives_per_second_emotions(speech_model, tmp_path):
     assert result["per_second"][9:12] == ["calm"] * 3 and result["per_second"][15:18] == ["surprised"] * 3
     assert Path(result["timeline"]) == tmp_path / "out" / "talk" / "timeline.csv" and Path(result["timeline"]).is_file()
     assert result["prediction"] in {"angry", "calm", "surprised"}  # the whole file: its louder centre 6 s
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it: apt-get install -y chromium)")
+def test_report_draws_the_emotion_timeline_and_plays_segments_in_chromium(speech_model, tmp_path):
+    """Zero-shot predict on the planted clip under a Hangul name: the stacked speech areas, the arousal curve, the reel
+    in the page and a play button per segment that seeks to the segment's place in the reel."""
+    ckpt, folder = speech_model
+    video = planted_video(tmp_path / "인터뷰 클립.mp4", folder)
+    out = tmp_path / "out"
+    result = train_highlight.main(["--predict", str(video), "--out", str(out), "--speech-emotion-ckpt", str(ckpt), "--fraction", "0.4"])
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+               "--virtual-time-budget=5000", "--dump-dom", (out / "report.html").as_uri()]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)}).stdout
+    assert 'data-drawn="yes"' in dom, dom[-2000:]
+    assert "<h1>Highlights: 인터뷰 클립.mp4</h1>" in dom
+    assert dom.count('class="speech-area"') == 8 and 'id="arousal-line"' in dom and 'id="loudness-line"' in dom
+    arousal = re.search(r'<path id="arousal-line" d="([^"]+)"', dom).group(1)
+    assert arousal.count("M") == 3  # one run of steps per planted stretch of speech
+    assert re.search(r'<video id="reel" controls="" preload="metadata" src="data:video/mp4;base64,', dom)
+    starts = [int(s) for s in re.findall(r'class="play-segment" data-reel-start="(\d+)"', dom)]
+    lengths = [s["end"] - s["start"] + 1 for s in result["segments"]]
+    assert len(starts) == len(result["segments"]) >= 2 and starts == [sum(lengths[:i]) for i in range(len(lengths))]
+    if "face" in result["timeline"]:  # weights/mtcnn present: the flat-colour clip has no face, so no box is drawn
+        assert 'class="face-box"' not in dom
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """A train_meld.py -mod t model on the synthetic MELD CSVs (a cue word per emotion), each utterance alone, over a
+    frozen random-weight 1-layer BERT whose WordPiece vocabulary is the fixture's words."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+    import train_meld
+    from preprocess.fixtures.meld import FIXTURE_WORDS, make_meld
+    root = tmp_path_factory.mktemp("meld")
+    make_meld(root / "meld", seed=0, with_clips=False)
+    encoder = root / "bert"
+    encoder.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(FIXTURE_WORDS))]
+    (encoder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(vocab=str(encoder / "vocab.txt"), do_lower_case=True).save_pretrained(encoder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=128, max_position_embeddings=64)).save_pretrained(encoder)
+    train_meld.main(["--data", str(root / "meld"), "-mod", "t", "--text-model", str(encoder), "--context", "none", "--epochs", "30",
+                     "--lr", "3e-3", "--dropout", "0.1", "--hidden", "16", "--d-model", "32", "--heads", "4", "--batch-size", "4",
+                     "--device", "cpu", "--cache", str(root / "cache"), "--out", str(root / "run")])
+    return root / "run" / "model.pt", encoder
+
+
+def test_transcript_lines_give_text_emotion_at_their_seconds(text_model, tmp_path):
+    ckpt, encoder = text_model
+    transcript = tmp_path / "talk.txt"
+    transcript.write_text("# start end text\n1.0 3.0 Great today!\n5.0 7.5 So hate that.\n", encoding="utf-8")  # as the fixture words them
+    video = write_video(tmp_path / "talk.mp4", [solid_frame(32, 32, (0, 0, 0))] * 40, fps=4,
+                        audio=np.random.default_rng(0).normal(0, 0.01, 10 * SR).astype(np.float32))
+    result = train_highlight.main(["--predict", str(video), "--transcript", str(transcript), "--text-ckpt", str(ckpt),
+                                   "--text-model", str(encoder), "--mtcnn", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
+    timeline = result["timeline"]
+    top = [timeline["text_classes"][row.argmax()] if np.isfinite(row).all() else None for row in timeline["text_probabilities"]]
+    assert top == [None, "joy", "joy", None, None, "anger", "anger", None, None, None]  # 7.5 s is not inside [5, 7.5)
+    with open(tmp_path / "out" / "timeline.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert rows[0]["text_joy"] == "" and float(rows[1]["text_joy"]) > 0.5
+    with pytest.raises(InputError, match="--transcript and --text-ckpt go together"):
+        train_highlight.main(["--predict", str(video), "--transcript", str(transcript), "--out", str(tmp_path / "out")])

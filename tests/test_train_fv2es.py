@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import train_fv2es
+from preprocess.timeline import read_transcript
 from common import InputError
 from models.fv2es import AUDIO_SIZES, MME2E, NestedAudioEncoder, VisualCNN
 from models.repvgg import FusedRepVGGBlock, RepVGGBlock, fuse_repvgg
@@ -260,7 +261,7 @@ def test_bad_input_is_one_clear_error(trees, tmp_path):
     bad = tmp_path / "t.txt"
     bad.write_text("zero one hello\n")
     with pytest.raises(InputError, match="t.txt:1: expected `start end text`"):
-        train_fv2es.read_transcript(bad)
+        read_transcript(bad)
 
 
 def test_kill_and_resume_gives_the_uninterrupted_result(trees, tmp_path):
