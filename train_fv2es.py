@@ -523,7 +523,7 @@ def check_args(args):
     if args.text_lr is None and args.lr is not None:
         args.text_lr = args.lr / args.text_lr_factor if args.text_lr_factor else finetune_lr(text_model_name(args))
     if args.dataset == "meld" and (args.modalities != "t" or args.model != "mme2e"):
-        raise InputError(f"--dataset meld: the converted MELD text has no audio, faces or hand-crafted features; use -mod t with mme2e")
+        raise InputError("--dataset meld: the converted MELD text has no audio, faces or hand-crafted features; use -mod t with mme2e")
     if args.model != "mme2e":
         args.hand_crafted = True
     if getattr(args, "amp", False) and args.model == "lf_rnn":

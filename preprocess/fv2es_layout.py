@@ -22,7 +22,7 @@ from common import atomic_write
 from preprocess.features import log_mel, mfcc
 from preprocess.media import load_audio
 from preprocess.mtcnn import FaceCropper
-from preprocess.timeline import grid_times, iter_segments  # noqa: F401 (grid_times: the layout's frame grid)
+from preprocess.timeline import iter_segments
 
 HCF_SIZES = (300, 144, 35)  # text, audio, visual
 LAYOUT = {"iemocap": ("IEMOCAP_RAW_PROCESSED", "IEMOCAP_SPLIT", "IEMOCAP_HCF_FEATURES"),
