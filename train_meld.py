@@ -72,7 +72,7 @@ def build_parser():
     features = parser.add_argument_group("Features (frozen encoders, computed once)")
     features.add_argument("--text-model", help="local folder of a transformers sentence encoder, needed for t (default: none)")
     features.add_argument("--text-finetune-epochs", type=int, default=0, help="fine-tune the text encoder on train for N epochs first, 0 = frozen (default %(default)s)")
-    features.add_argument("--text-finetune-lr", type=float, help="AdamW learning rate of that fine-tuning, linear decay (default: 5e-5 sentence-transformers, 2e-5 others)")
+    features.add_argument("--text-finetune-lr", type=float, help="fine-tuning AdamW learning rate, linear decay (default: 5e-5 sentence-transformers, 2e-5 others)")
     features.add_argument("--text-context", type=int, default=0, help="previous utterances of the dialogue encoded with each one (default %(default)s)")
     features.add_argument("--text-max-len", type=int, default=128, help="tokens per utterance, longer ones are cut (default %(default)s)")
     features.add_argument("--audio-model", help="local wav2vec2 folder, adds its mean to the MFCC and prosody values (default: none)")
