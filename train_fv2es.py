@@ -381,7 +381,7 @@ def predict(cli, device):
         if cropper is not None and frames:
             face_array = cropper.crop_batch([rgb for _, rgb in frames])[0]
         text = segments[index][2]
-        sample = {"id": str(index), "text": text, "label": np.zeros(args.num_emotions, np.float32)}
+        sample = {"id": str(index), "text": text, "label": np.zeros(args.num_emotions or len(CLASS_NAMES[args.dataset]), np.float32)}
         if args.model == "mme2e":
             if "v" in args.modalities:
                 sample["faces"] = face_array
