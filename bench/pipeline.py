@@ -64,18 +64,20 @@ from preprocess.timeline import FaceAnalyser, SpeechEmotion, build_timeline  # n
 PREDICT_FLAGS = ["--fraction", "0.1", "--top-k", "5"]
 
 
-def clip_path(seconds, base=None):
-    """The generated clip of this length, cached in the temp dir (bench/video.py's naming). With base (a shorter
-    generated clip whose length divides `seconds`), that clip repeated back to back by stream copy: the same
-    bit rate and decoding work per second, made in seconds instead of the encoder's tens of minutes."""
-    path = Path(tempfile.gettempdir()) / f"bench_video_{seconds}s_1280x720_30fps{'_repeated' if base else ''}.mp4"
+def clip_path(seconds, base=None, *, face=False):
+    """The generated clip of this length, cached in the temp dir (bench/video.py's naming); face=True: the clip
+    with a drawn face (make_face_clip). With base (a shorter generated clip whose length divides `seconds`), that
+    clip repeated back to back by stream copy: the same bit rate and decoding work per second, made in seconds
+    instead of the encoder's tens of minutes."""
+    kind = "face_video" if face else "video"
+    path = Path(tempfile.gettempdir()) / f"bench_{kind}_{seconds}s_1280x720_30fps{'_repeated' if base else ''}.mp4"
     if not path.exists():
         print(f"generating {path} (not timed) ...", file=sys.stderr, flush=True)
         partial = path.with_suffix(".partial.mp4")
         if base:
-            repeat_clip(clip_path(base), partial, times=seconds // base, seconds=base)
+            repeat_clip(clip_path(base, face=face), partial, times=seconds // base, seconds=base)
         else:
-            make_clip(partial, seconds=seconds)
+            (make_face_clip if face else make_clip)(partial, seconds=seconds)
         partial.rename(path)
     return path
 
@@ -188,19 +190,6 @@ def make_face_clip(path, *, seconds, fps=30, height=720, width=1280, sample_rate
                 crf=23, preset="veryfast", audio_bit_rate=128000)
 
 
-def face_clip_path(seconds, base=None):
-    path = Path(tempfile.gettempdir()) / f"bench_face_video_{seconds}s_1280x720_30fps{'_repeated' if base else ''}.mp4"
-    if not path.exists():
-        print(f"generating {path} (not timed) ...", file=sys.stderr, flush=True)
-        partial = path.with_suffix(".partial.mp4")
-        if base:
-            repeat_clip(face_clip_path(base), partial, times=seconds // base, seconds=base)
-        else:
-            make_face_clip(partial, seconds=seconds)
-        partial.rename(path)
-    return path
-
-
 def make_speech_checkpoint(path):
     """A train_av.py -mod a checkpoint with train_av's own defaults and seeded weights."""
     torch.manual_seed(0)
@@ -231,8 +220,8 @@ def timeline_peak_rss_mb(video, speech_ckpt):
 
 def bench_timeline(args, work):
     speech_ckpt = make_speech_checkpoint(work / "speech.pt")
-    video = face_clip_path(args.seconds)
-    long_video = face_clip_path(args.long_seconds, base=args.seconds if args.long_seconds % args.seconds == 0 else None)
+    video = clip_path(args.seconds, face=True)
+    long_video = clip_path(args.long_seconds, base=args.seconds if args.long_seconds % args.seconds == 0 else None, face=True)
     seconds = probe(video)["duration_s"]
     timeline = run_timeline(video, speech_ckpt)  # warm-up
     bare_decode(video)
