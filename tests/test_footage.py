@@ -29,6 +29,7 @@ from preprocess.fixtures.fv2es import FILLER
 from preprocess.fixtures.iemocap import CUE_WORDS, make_iemocap
 from preprocess.fixtures.ravdess import make_ravdess
 from preprocess.media import iter_audio, iter_frames, load_audio, probe, read_frames
+from tiny_models import make_tiny_bert
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,15 +219,7 @@ def checkpoints(tmp_path_factory):
     train_av.main(["--data", str(root / "ravdess"), "-mod", "av", "--cache", str(root / "cache"), "--out", str(root / "av"),
                    *AV_FAST, "--epochs", "1"])
     make_iemocap(root / "iemocap")
-    text_model = root / "tiny-bert"
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-    words = sorted(set(CUE_WORDS.values()) | set(FILLER) | {"hmm"})
-    text_model.mkdir()
-    (text_model / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizerFast(vocab_file=str(text_model / "vocab.txt")).save_pretrained(text_model)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(text_model)
+    text_model = make_tiny_bert(root / "tiny-bert", [*CUE_WORDS.values(), *FILLER, "hmm"])
     train_fv2es.main(["-lr=1e-3", "--datapath", str(root / "iemocap" / "processed"), "--dataset", "iemocap", "--text-model", str(text_model),
                       "--out", str(root / "fv2es"), "--cache", str(root / "cache"), *FV2ES_TINY, "-mod", "tav"])
     return {system: root / system / "model.pt" for system in ("highlight", "av", "fv2es")}

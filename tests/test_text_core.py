@@ -16,36 +16,16 @@ from preprocess import meld_to_fv2es
 from preprocess.fixtures.meld import FIXTURE_WORDS, make_meld
 from preprocess.fv2es_reader import read_processed
 from preprocess.meld import EMOTIONS, read_split
+from tiny_models import make_tiny_bert
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def make_tiny_bert(folder, pooling=None):
-    """A random-weight 1-layer BERT over the MELD fixture's words; with pooling ('mean' or 'cls' or 'max'), laid
-    out as a sentence-transformers folder (modules.json + 1_Pooling/config.json, as all-MiniLM-L6-v2)."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-    folder.mkdir(parents=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(FIXTURE_WORDS))]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                         max_position_embeddings=64)).save_pretrained(folder)
-    if pooling:
-        (folder / "modules.json").write_text(json.dumps([
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
-        (folder / "1_Pooling").mkdir()
-        (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-            "word_embedding_dimension": 16, "pooling_mode_cls_token": pooling == "cls", "pooling_mode_mean_tokens": pooling == "mean",
-            "pooling_mode_max_tokens": pooling == "max"}))
-    return folder
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("text_models")
-    return {pooling: make_tiny_bert(root / pooling, None if pooling == "plain" else pooling) for pooling in ("mean", "cls", "plain", "max")}
+    return {pooling: make_tiny_bert(root / pooling, FIXTURE_WORDS, pooling=None if pooling == "plain" else pooling)
+            for pooling in ("mean", "cls", "plain", "max")}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +40,18 @@ def tokens(folder, texts):
     from transformers import AutoTokenizer
     encoded = AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors="pt")
     return encoded["input_ids"], encoded["attention_mask"]
+
+
+def test_tiny_bert_tokenizer_knows_its_words(models):
+    """Every fixture word (any case) is its own vocabulary id, not [UNK] (BertTokenizerFast(vocab_file=...) gives
+    [UNK] for all of them)."""
+    from transformers import AutoTokenizer
+    words = sorted(set(FIXTURE_WORDS))
+    vocab = (models["plain"] / "vocab.txt").read_text().split()
+    tokenizer = AutoTokenizer.from_pretrained(models["plain"])
+    assert tokenizer(" ".join(words))["input_ids"] == [vocab.index("[CLS]"), *(vocab.index(w) for w in words), vocab.index("[SEP]")]
+    assert tokenizer(" ".join(words).upper())["input_ids"] == tokenizer(" ".join(words))["input_ids"]
+    assert vocab.index("[UNK]") not in tokenizer(" ".join(words))["input_ids"]
 
 
 def test_pooling_follows_the_folder(models):

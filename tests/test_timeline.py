@@ -23,6 +23,7 @@ from preprocess.fixtures.writers import solid_frame, write_video
 from preprocess.media import load_audio
 from preprocess.timeline import (SAMPLE_RATE, FaceAnalyser, SpeechEmotion, build_timeline, emotional_intensity,
                                  intensity_components, iter_seconds, write_timeline)
+from tiny_models import make_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
 MTCNN_DIR, FACE_PHOTO = ROOT / "weights" / "mtcnn", ROOT / "weights" / "faces" / "astronaut.png"
@@ -259,19 +260,11 @@ def test_report_draws_the_emotion_timeline_and_plays_segments_in_chromium(speech
 def text_model(tmp_path_factory):
     """A train_meld.py -mod t model on the synthetic MELD CSVs (a cue word per emotion), each utterance alone, over a
     frozen random-weight 1-layer BERT whose WordPiece vocabulary is the fixture's words."""
-    from transformers import BertConfig, BertModel, BertTokenizer
     import train_meld
     from preprocess.fixtures.meld import FIXTURE_WORDS, make_meld
     root = tmp_path_factory.mktemp("meld")
     make_meld(root / "meld", seed=0, with_clips=False)
-    encoder = root / "bert"
-    encoder.mkdir()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(FIXTURE_WORDS))]
-    (encoder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(vocab=str(encoder / "vocab.txt"), do_lower_case=True).save_pretrained(encoder)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=128, max_position_embeddings=64)).save_pretrained(encoder)
+    encoder = make_tiny_bert(root / "bert", FIXTURE_WORDS, hidden=128, intermediate=128)
     train_meld.main(["--data", str(root / "meld"), "-mod", "t", "--text-model", str(encoder), "--context", "none", "--epochs", "30",
                      "--lr", "3e-3", "--dropout", "0.1", "--hidden", "16", "--d-model", "32", "--heads", "4", "--batch-size", "4",
                      "--device", "cpu", "--cache", str(root / "cache"), "--out", str(root / "run")])

@@ -20,6 +20,7 @@ from models.repvgg import FusedRepVGGBlock, RepVGGBlock, fuse_repvgg
 from preprocess.fixtures import iemocap as iemocap_fixture, mosei as mosei_fixture
 from preprocess.fixtures.fv2es import FILLER
 from processes import free_port, kill_after_first_checkpoint
+from tiny_models import make_tiny_bert
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,15 +33,8 @@ def trees(tmp_path_factory):
     root = tmp_path_factory.mktemp("fv2es")
     iemocap_fixture.make_iemocap(root / "iemocap")
     mosei_fixture.make_mosei(root / "mosei")
-    text_model = root / "tiny-bert"
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-    words = sorted(set(iemocap_fixture.CUE_WORDS.values()) | set(mosei_fixture.CUE_WORDS.values()) | set(FILLER) | {"hmm"})
-    text_model.mkdir()
-    (text_model / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizerFast(vocab_file=str(text_model / "vocab.txt")).save_pretrained(text_model)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(text_model)
+    text_model = make_tiny_bert(root / "tiny-bert", [*iemocap_fixture.CUE_WORDS.values(), *mosei_fixture.CUE_WORDS.values(), *FILLER,
+                                                     "hmm"])
     return {"iemocap": root / "iemocap" / "processed", "mosei": root / "mosei" / "processed", "text": text_model,
             "video": root / "mosei" / "raw" / "Videos" / "vid000a.mp4", "root": root}
 
