@@ -39,6 +39,7 @@ from common import (InputError, add_logistics_args, argument_parser, atomic_writ
                     seed_everything, setup_distributed, to_device, write_failures, write_json)
 from models.av_emotion import AUDIO_ENCODERS, AVEmotionClassifier, VideoEncoder
 from preprocess.cache import ensure_cached
+from preprocess.augment import augment_wave
 from preprocess.features import crop_seconds, trim_silence
 from preprocess.media import MediaError, load_audio, read_frames
 from preprocess.timeline import SpeechEmotion, build_timeline, evaluation_wave, iter_seconds, write_timeline
@@ -71,6 +72,8 @@ def build_parser():
     model.add_argument("--max-bin-shift", type=int, default=6, help="mel encoder: random shift of up to N mel bins per training clip, 0 = off (default %(default)s)")
     model.add_argument("--trim-db", type=float, default=35.0, help="trim leading/trailing audio this many dB below the peak, 0 = off (default %(default)s)")
     model.add_argument("--max-audio-seconds", type=float, default=6.0, help="longer audio is cut: random window in training, centre otherwise (default %(default)s)")
+    model.add_argument("--speaker-norm", action="store_true", help="mel encoder: standardise mel bins by the speaker's clips (default: off)")
+    model.add_argument("--augment", type=float, default=0.0, metavar="P", help="reverb, noise, codec, gain each with probability P (default %(default)s)")
     model.add_argument("--train-crop-seconds", type=float, default=3.0, help="random audio crop while training, 0 = whole clip (default %(default)s)")
     model.add_argument("--video-fps", type=float, default=6.0, help="frames sampled per second (default %(default)s)")
     model.add_argument("--video-frames", type=int, default=30, help="frames kept per clip, uniformly subsampled (default %(default)s)")
@@ -121,8 +124,9 @@ def decode_trial(trial, args):
 
 
 class TrialDataset(Dataset):
-    def __init__(self, trials, cache_paths, class_names, args, *, training):
+    def __init__(self, trials, cache_paths, class_names, args, *, training, speaker_stats=None):
         self.trials, self.cache_paths, self.args, self.training = trials, cache_paths, args, training
+        self.speaker_stats = speaker_stats  # {group: (2, n_mels) tensor} with --speaker-norm
         self.label_ids = [class_names.index(t.label) for t in trials]
 
     def __len__(self):
@@ -135,7 +139,11 @@ class TrialDataset(Dataset):
             wave = crop_seconds(wave, self.args.max_audio_seconds, at_random=self.training)
             if self.training and self.args.train_crop_seconds > 0:
                 wave = crop_seconds(wave, self.args.train_crop_seconds, at_random=True)
+            if self.training and self.args.augment > 0:
+                wave = augment_wave(wave, np.random.default_rng(int(torch.randint(2 ** 31 - 1, ()))), probability=self.args.augment)
             item["audio"] = torch.from_numpy(np.array(wave, dtype=np.float32))
+            if self.speaker_stats is not None:
+                item["speaker_stats"] = self.speaker_stats[self.trials[index].group]
         if "frames" in paths:
             frames = np.load(paths["frames"], mmap_mode="r", allow_pickle=False)
             if len(frames) > self.args.video_frames:
@@ -146,6 +154,8 @@ class TrialDataset(Dataset):
 
 def collate(items):
     batch = {"label": torch.tensor([item["label"] for item in items])}
+    if "speaker_stats" in items[0]:
+        batch["speaker_stats"] = torch.stack([item["speaker_stats"] for item in items])  # (B, 2, n_mels)
     for key, length_key in (("audio", "audio_lengths"), ("frames", "frame_lengths")):
         if key in items[0]:
             lengths = torch.tensor([len(item[key]) for item in items])
@@ -213,7 +223,7 @@ def mix_batch(batch, targets, ratio):
     """Mixup: every example blended with a shuffled partner at `ratio` (inputs and one-hot targets); a mixed
     sequence is as long as the longer of the two."""
     partner = torch.randperm(len(targets), device=targets.device)
-    mixed = {"label": batch["label"]}
+    mixed = {key: batch[key] for key in ("label", "speaker_stats") if key in batch}  # a mixed clip keeps its own speaker's statistics
     for key, length_key in (("audio", "audio_lengths"), ("frames", "frame_lengths")):
         if key in batch:
             values = ratio * batch[key].float() + (1 - ratio) * batch[key][partner].float()
@@ -234,13 +244,25 @@ def predict_probabilities(model, loader, device, *, amp=False):
     return torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
 
 
-def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist):
+def speaker_statistics(trials, cache_paths, args):
+    """--speaker-norm: {group: (2, n_mels)} per-bin mean and std of each speaker's (actor's) clips, evaluation
+    transform, labels unused; every split's speakers, test ones included, are normalised by their own clips."""
+    encoder = AUDIO_ENCODERS["mel"](args)
+    waves = {}
+    for trial in trials:
+        wave = np.load(cache_paths[trial.key]["audio"], allow_pickle=False)
+        waves.setdefault(trial.group, []).append(torch.from_numpy(np.array(evaluation_wave(wave, trim_db=args.trim_db, max_seconds=args.max_audio_seconds), dtype=np.float32)))
+    return {group: encoder.speaker_statistics(group_waves) for group, group_waves in waves.items()}
+
+
+def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist, speaker_stats=None):
     """Train on split["train"], select on split["val"], test once. Returns (metrics, test probabilities, test labels)."""
     split_dir = run_dir / name
     if dist.is_main:
         write_json(split_dir / "split.json", {part: {"groups": sorted({t.group for t in trials}), "trials": [t.key for t in trials]}
                                               for part, trials in split.items()})
-    datasets = {part: TrialDataset(trials, cache_paths, class_names, args, training=part == "train") for part, trials in split.items()}
+    datasets = {part: TrialDataset(trials, cache_paths, class_names, args, training=part == "train", speaker_stats=speaker_stats)
+                for part, trials in split.items()}
     sampler = DistributedSampler(datasets["train"], shuffle=True, seed=args.seed) if dist.enabled else None
     generator = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(datasets["train"], batch_size=max(1, args.batch_size // dist.world_size), shuffle=sampler is None,
@@ -356,6 +378,8 @@ def predict_files(args):
                 raise MediaError(path, "no audio stream")
             wave = evaluation_wave(torch.cat(waves), trim_db=settings.get("trim_db", 0), max_seconds=settings["max_audio_seconds"])
             item.update(audio=F.pad(wave, (0, max(0, MIN_AUDIO_SAMPLES - len(wave))))[None], audio_lengths=torch.tensor([len(wave)]))
+            if settings.get("speaker_norm"):  # the file is its own speaker
+                item["speaker_stats"] = model.audio.speaker_statistics([wave])[None]
         if "v" in settings["modalities"]:
             if not frames:
                 raise MediaError(path, "no video frames decoded")
@@ -404,7 +428,10 @@ def main(argv=None):
     trials = [t for t in trials if t.key in cache_paths]
     if not trials:
         raise InputError(f"{args.data or args.manifest}: no usable trials for -mod {args.modalities}")
-    results = [fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist)
+    if args.speaker_norm and ("a" not in args.modalities or args.audio_encoder != "mel"):
+        raise InputError("--speaker-norm needs the mel audio encoder (-mod a or av, --audio-encoder mel)")
+    stats = speaker_statistics(trials, cache_paths, args) if args.speaker_norm else None
+    results = [fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist, stats)
                for name, split in actor_splits(trials, args)]
     cleanup_distributed(dist)
     if not dist.is_main:

@@ -75,12 +75,29 @@ class MelEncoder(nn.Module):
                 log_mels[row, :, start:start + width] = 0.0
         return log_mels, frame_counts
 
-    def forward(self, waves, lengths):
+    def clip_log_mels(self, waves, lengths):
+        """Waves (B, S) -> log-mels (B, M, F) standardised per clip (--mel-norm), real frame counts (B,)."""
         with torch.autocast(waves.device.type, enabled=False):
             log_mels = log_mel(waves.float(), n_mels=self.n_mels, n_fft=self.n_fft, win_length=self.win_length,
                                hop_length=self.hop_length)  # (B, M, F)
         frame_counts = (lengths // self.hop_length + 1).clamp(max=log_mels.shape[-1])
-        log_mels = standardise_log_mels(log_mels, frame_counts, per_bin=self.norm == "bin")
+        return standardise_log_mels(log_mels, frame_counts, per_bin=self.norm == "bin"), frame_counts
+
+    @torch.no_grad()
+    def speaker_statistics(self, waves):
+        """One speaker's waves (a list of 1-D tensors) -> (2, M): the mean and std of each mel bin over all their
+        clips' real frames (after the per-clip standardisation), for forward's speaker_stats."""
+        moments = SpeakerMoments()
+        for wave in waves:
+            stats = moments.update(self, wave[None].float(), torch.tensor([len(wave)]))
+        return stats
+
+
+    def forward(self, waves, lengths, speaker_stats=None):
+        log_mels, frame_counts = self.clip_log_mels(waves, lengths)
+        if speaker_stats is not None:  # (B, 2, M): each clip's speaker's per-bin mean and std
+            real = (~padding_mask(frame_counts, log_mels.shape[-1]))[:, None, :]
+            log_mels = (log_mels - speaker_stats[:, 0, :, None]) / speaker_stats[:, 1, :, None] * real
         if self.training:
             log_mels, frame_counts = self.augment(log_mels, frame_counts)
         hidden = self.cnn_2d(log_mels.unsqueeze(1))  # (B, C, M / r, F / r)
@@ -89,6 +106,25 @@ class MelEncoder(nn.Module):
         attended = self.attention_pool(hidden, key_padding_mask=is_pad)
         peak = hidden.masked_fill(is_pad[:, :, None], float("-inf")).amax(dim=1)
         return self.dropout(torch.cat([attended, peak, masked_std(hidden, is_pad)], dim=1))  # (B, 3 * width)
+
+
+class SpeakerMoments:
+    """Running per-bin moments of one speaker's (or one file's) standardised log-mel frames: update(encoder, waves
+    (B, S), lengths (B,)) adds their real frames and returns the (2, M) mean and std of everything seen so far."""
+
+    def __init__(self):
+        self.count, self.total, self.squares = 0, 0.0, 0.0
+
+    @torch.no_grad()
+    def update(self, encoder, waves, lengths):
+        log_mels, frame_counts = encoder.clip_log_mels(waves, lengths)
+        real = (~padding_mask(frame_counts, log_mels.shape[-1]))[:, None, :].to(log_mels.dtype)
+        self.count += int(frame_counts.sum())
+        self.total = self.total + (log_mels * real).sum((0, 2)).double()
+        self.squares = self.squares + (log_mels ** 2 * real).sum((0, 2)).double()
+        mean = self.total / self.count
+        std = (self.squares / self.count - mean ** 2).clamp(min=0).sqrt().clamp(min=1e-3)
+        return torch.stack([mean, std]).float()
 
 
 def standardise_log_mels(log_mels, frame_counts, *, per_bin):
@@ -195,7 +231,7 @@ class AVEmotionClassifier(nn.Module):
     def forward(self, batch):
         pooled = []
         if self.audio is not None:
-            pooled.append(self.audio(batch["audio"], batch["audio_lengths"]))
+            pooled.append(self.audio(batch["audio"], batch["audio_lengths"], *([batch["speaker_stats"]] if "speaker_stats" in batch else [])))
         if self.video is not None:
             pooled.append(self.video(batch["frames"], batch["frame_lengths"]))
         return self.head(torch.cat(pooled, dim=1))

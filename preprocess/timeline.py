@@ -253,12 +253,19 @@ class SpeechEmotion:
         return cls(model, state["class_names"], settings, **options)
 
     @torch.no_grad()
-    def classify(self, waves):
-        """[1-D 16-kHz tensors] -> (N, C) probabilities, each wave through train_av's evaluation transform."""
+    def classify(self, waves, moments=None):
+        """[1-D 16-kHz tensors] -> (N, C) probabilities, each wave through train_av's evaluation transform. A
+        --speaker-norm model normalises by `moments` (models.av_emotion.SpeakerMoments) of the file's windows so far,
+        these included, or by these windows' alone."""
         waves = [evaluation_wave(w, trim_db=self.settings.get("trim_db", 0), max_seconds=self.settings["max_audio_seconds"])
                  for w in waves]
         batch, lengths = padded_batch(waves)
-        return self.model({"audio": batch, "audio_lengths": lengths}).softmax(-1).numpy()
+        item = {"audio": batch, "audio_lengths": lengths}
+        if self.settings.get("speaker_norm"):
+            from models.av_emotion import SpeakerMoments
+            stats = (moments or SpeakerMoments()).update(self.model.audio, batch, lengths)
+            item["speaker_stats"] = stats[None].expand(len(waves), -1, -1)  # (N, 2, M)
+        return self.model(item).softmax(-1).numpy()
 
     def windows(self):
         """A SlidingWindows fed 1-s waves in order that returns per-second probabilities at the end."""
@@ -274,6 +281,10 @@ class SlidingWindows:
         self.half = int(speech.window_s * SAMPLE_RATE) // 2
         self.buffer, self.buffer_start, self.total = torch.zeros(0), 0, 0  # buffer holds samples from buffer_start
         self.next_window, self.centres, self.probabilities, self.queued = 0, [], [], []
+        self.moments = None
+        if speech.settings.get("speaker_norm"):  # the file is one speaker: online statistics of its windows so far
+            from models.av_emotion import SpeakerMoments
+            self.moments = SpeakerMoments()
 
     def _centre(self, k):
         return round((k + 0.5) * self.speech.hop_s * SAMPLE_RATE)
@@ -300,7 +311,7 @@ class SlidingWindows:
 
     def _flush(self):
         if self.queued:
-            self.probabilities.append(self.speech.classify(self.queued))
+            self.probabilities.append(self.speech.classify(self.queued, self.moments))
             self.queued = []
 
     def finish(self, seconds):

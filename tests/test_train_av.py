@@ -275,3 +275,47 @@ def make_audio_checkpoint(tmp_path):
     args = vars(train_av.build_parser().parse_args(["--data", "x", "-mod", "a"]))
     model = train_av.build_model(args, 8)
     return save_checkpoint(tmp_path / "model.pt", {"model": model.state_dict(), "args": args, "class_names": list(train_av.EMOTIONS)})
+
+
+def test_speaker_statistics_are_the_per_bin_moments_of_all_the_speakers_frames():
+    torch.manual_seed(0)
+    encoder = MelEncoder(n_mels=16, window_ms=25)
+    waves = [torch.randn(8000) * 0.1, torch.randn(12000) * 0.3]
+    stats = encoder.speaker_statistics(waves)
+    frames = []
+    for wave in waves:  # brute force: each clip standardised as a whole, then every real frame pooled
+        mels = log_mel(wave, n_mels=16, n_fft=encoder.n_fft, win_length=encoder.win_length, hop_length=160)
+        frames.append((mels - mels.mean()) / (mels.std(unbiased=False) + 1e-5))
+    frames = torch.cat(frames, dim=1).double()
+    torch.testing.assert_close(stats.double(), torch.stack([frames.mean(1), frames.std(1, unbiased=False)]), atol=1e-4, rtol=1e-4)
+
+
+def test_speaker_normalisation_removes_a_speakers_steady_colouring():
+    """One clip per speaker, the second speaker's spectrum scaled and shifted per mel bin: after normalising each by
+    their own statistics the encoder sees the same log-mels, and padding stays 0."""
+    torch.manual_seed(0)
+    encoder = MelEncoder(n_mels=16, window_ms=25).eval()
+    log_mels = torch.randn(1, 16, 40)
+    coloured = log_mels * torch.linspace(0.5, 2.0, 16)[None, :, None] + torch.linspace(-3, 3, 16)[None, :, None]
+    seen = []
+    for mels in (log_mels, coloured):
+        clip = standardise_log_mels(mels, torch.tensor([40]), per_bin=False)[0]
+        stats = torch.stack([clip.mean(1), clip.std(1)])[None]  # (1, 2, M) this speaker's statistics
+        encoder.clip_log_mels = lambda waves, lengths, mels=mels: (standardise_log_mels(torch.cat([mels, torch.full((1, 16, 10), 9.0)], 2), torch.tensor([40]), per_bin=False), torch.tensor([40]))
+        captured = {}
+        encoder.cnn_2d.register_forward_pre_hook(lambda module, inputs: captured.setdefault("x", inputs[0].clone()))
+        encoder(torch.zeros(1, 100), torch.tensor([100]), stats)
+        seen.append(captured["x"][0, 0])
+        encoder.cnn_2d._forward_pre_hooks.clear()
+    torch.testing.assert_close(seen[0], seen[1], atol=1e-4, rtol=0)
+    assert torch.equal(seen[0][:, 40:], torch.zeros(16, 10))
+
+
+def test_speaker_norm_and_augmentation_train_and_predict(ravdess, tmp_path):
+    out, metrics = run(ravdess, tmp_path, "-mod", "a", "--epochs", "1", "--speaker-norm", "--augment", "0.5")
+    assert metrics["test"]["n"] == 15
+    clip = next((ravdess / "Actor_06").glob("01-*.mp4"))
+    [prediction] = train_av.main(["--predict", str(clip), "--ckpt", str(out / "model.pt")])
+    assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(InputError, match="--speaker-norm needs the mel audio encoder"):
+        run(ravdess, tmp_path, "-mod", "v", "--epochs", "1", "--speaker-norm")
