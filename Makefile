@@ -165,11 +165,10 @@ weights/all-mpnet-base-v2/config.json:
 		m = AutoModel.from_pretrained('weights/all-mpnet-base-v2'); print(type(m).__name__, sum(p.numel() for p in m.parameters()))" \
 		|| { rm -f $@; exit 1; }
 
-# make meld [DATA=/path/to/MELD]: text only on the CSVs, MiniLM fine-tuned 1 epoch on train (no DATA: a synthetic demo tree with clips, -mod tav)
+# make meld [DATA=/path/to/MELD]: text only on the CSVs, train_meld.py --recipe text (no DATA: a synthetic demo tree with clips, -mod tav)
 ifdef DATA
 meld: weights
-	$(PYTHON) train_meld.py --data $(DATA) -mod t --text-model weights/all-MiniLM-L6-v2 --text-finetune-epochs 1 \
-		--text-finetune-lr 1e-4 --epochs 10 --device $(DEVICE) --out runs/meld/latest
+	$(PYTHON) train_meld.py --data $(DATA) --recipe text --device $(DEVICE) --out runs/meld/latest
 else
 meld: weights
 	$(PYTHON) -m preprocess.fixtures meld data/demo/meld

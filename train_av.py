@@ -16,6 +16,11 @@ any length (windows of --window s centred every --hop s; with --out: OUT/<file s
 Several processes or GPUs (DDP; --batch-size is split over the processes):
     torchrun --nproc_per_node=2 train_av.py --data DIR -mod av
 
+The mel encoder standardises each mel bin by the statistics of the speaker's clips (--speaker-norm, on by default;
+labels unused, test actors by their own clips); --predict and the timeline treat a file as one speaker, starting from
+the training speakers' mean statistics (kept in model.pt) and adding the file's speech as it is heard.
+--augment P adds reverb, noise, codec and gain changes while training.
+
 Outputs in --out (default runs/av/NNN): args.json, split.json, failures.csv, model.pt (best on
 validation, or the last epoch with --val-actors none), last.pt (for --resume), metrics.json {"val": ...,
 "test": ...}; with --folds, one fold_K/ folder each and a top-level metrics.json with the pooled test
@@ -72,7 +77,8 @@ def build_parser():
     model.add_argument("--max-bin-shift", type=int, default=6, help="mel encoder: random shift of up to N mel bins per training clip, 0 = off (default %(default)s)")
     model.add_argument("--trim-db", type=float, default=35.0, help="trim leading/trailing audio this many dB below the peak, 0 = off (default %(default)s)")
     model.add_argument("--max-audio-seconds", type=float, default=6.0, help="longer audio is cut: random window in training, centre otherwise (default %(default)s)")
-    model.add_argument("--speaker-norm", action="store_true", help="mel encoder: standardise mel bins by the speaker's clips (default: off)")
+    model.add_argument("--speaker-norm", action=argparse.BooleanOptionalAction, default=True,
+                       help="mel encoder: standardise mel bins by each speaker's clips (default: on)")
     model.add_argument("--augment", type=float, default=0.0, metavar="P", help="reverb, noise, codec, gain each with probability P (default %(default)s)")
     model.add_argument("--train-crop-seconds", type=float, default=3.0, help="random audio crop while training, 0 = whole clip (default %(default)s)")
     model.add_argument("--video-fps", type=float, default=6.0, help="frames sampled per second (default %(default)s)")
@@ -285,6 +291,8 @@ def fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist
         start_epoch, best_score, best_epoch = resume_training_state(split_dir / "last.pt", model=model, optimizer=optimizer,
                                                                    scheduler=scheduler, ema=ema)
     checkpoint_info = {"args": vars(args), "class_names": class_names, "train_class_counts": train_counts.tolist()}
+    if speaker_stats is not None:  # what predict starts a new file's statistics from
+        checkpoint_info["speaker_prior"] = torch.stack([speaker_stats[t.group] for t in split["train"]]).mean(0)
     for epoch in range(start_epoch, args.epochs):
         train_model.train()
         if sampler is not None:
@@ -359,7 +367,8 @@ def predict_files(args):
     model.load_state_dict(state["model"])
     model.eval()
     audio_only = settings["modalities"] == "a"
-    speech = SpeechEmotion(model, names, settings, window_s=args.window, hop_s=args.hop) if audio_only else None
+    prior = state.get("speaker_prior")  # --speaker-norm: the training speakers' mean statistics
+    speech = SpeechEmotion(model, names, settings, window_s=args.window, hop_s=args.hop, speaker_prior=prior) if audio_only else None
     results = []
     for path in args.predict:
         waves, frames, item = [], [], {}
@@ -378,8 +387,10 @@ def predict_files(args):
                 raise MediaError(path, "no audio stream")
             wave = evaluation_wave(torch.cat(waves), trim_db=settings.get("trim_db", 0), max_seconds=settings["max_audio_seconds"])
             item.update(audio=F.pad(wave, (0, max(0, MIN_AUDIO_SAMPLES - len(wave))))[None], audio_lengths=torch.tensor([len(wave)]))
-            if settings.get("speaker_norm"):  # the file is its own speaker
-                item["speaker_stats"] = model.audio.speaker_statistics([wave])[None]
+            if settings.get("speaker_norm"):  # the file is one speaker: the statistics of its speech seconds (else this wave)
+                spoken = ([w for w, said in zip(waves, timeline["speech"]) if said]
+                          if audio_only and len(waves) == len(timeline["speech"]) else [])
+                item["speaker_stats"] = model.audio.speaker_statistics(spoken or [wave], prior)[None]
         if "v" in settings["modalities"]:
             if not frames:
                 raise MediaError(path, "no video frames decoded")
@@ -402,6 +413,7 @@ def predict_files(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.speaker_norm = args.speaker_norm and "a" in args.modalities and args.audio_encoder == "mel"  # mel audio only
     if args.predict:
         return predict_files(args)
     device = resolve_device(args.device)
@@ -428,8 +440,6 @@ def main(argv=None):
     trials = [t for t in trials if t.key in cache_paths]
     if not trials:
         raise InputError(f"{args.data or args.manifest}: no usable trials for -mod {args.modalities}")
-    if args.speaker_norm and ("a" not in args.modalities or args.audio_encoder != "mel"):
-        raise InputError("--speaker-norm needs the mel audio encoder (-mod a or av, --audio-encoder mel)")
     stats = speaker_statistics(trials, cache_paths, args) if args.speaker_norm else None
     results = [fit_split(name, split, cache_paths, class_names, args, run_dir, device, dist, stats)
                for name, split in actor_splits(trials, args)]

@@ -84,10 +84,11 @@ class MelEncoder(nn.Module):
         return standardise_log_mels(log_mels, frame_counts, per_bin=self.norm == "bin"), frame_counts
 
     @torch.no_grad()
-    def speaker_statistics(self, waves):
+    def speaker_statistics(self, waves, prior=None):
         """One speaker's waves (a list of 1-D tensors) -> (2, M): the mean and std of each mel bin over all their
-        clips' real frames (after the per-clip standardisation), for forward's speaker_stats."""
-        moments = SpeakerMoments()
+        clips' real frames (after the per-clip standardisation; with a prior, as SpeakerMoments), for forward's
+        speaker_stats."""
+        moments = SpeakerMoments(prior)
         for wave in waves:
             stats = moments.update(self, wave[None].float(), torch.tensor([len(wave)]))
         return stats
@@ -110,10 +111,20 @@ class MelEncoder(nn.Module):
 
 class SpeakerMoments:
     """Running per-bin moments of one speaker's (or one file's) standardised log-mel frames: update(encoder, waves
-    (B, S), lengths (B,)) adds their real frames and returns the (2, M) mean and std of everything seen so far."""
+    (B, S), lengths (B,)) adds their real frames and returns the (2, M) mean and std of everything seen so far.
+    prior (2, M), e.g. the training speakers' mean statistics, counts as `prior_frames` frames already seen (so the
+    first seconds of a file are not normalised by themselves alone)."""
 
-    def __init__(self):
+    def __init__(self, prior=None, prior_frames=3000):
         self.count, self.total, self.squares = 0, 0.0, 0.0
+        if prior is not None:
+            mean, std = prior.double()
+            self.count, self.total, self.squares = prior_frames, mean * prior_frames, (std ** 2 + mean ** 2) * prior_frames
+
+    def current(self):
+        mean = self.total / self.count
+        std = (self.squares / self.count - mean ** 2).clamp(min=0).sqrt().clamp(min=1e-3)
+        return torch.stack([mean, std]).float()
 
     @torch.no_grad()
     def update(self, encoder, waves, lengths):
@@ -122,9 +133,7 @@ class SpeakerMoments:
         self.count += int(frame_counts.sum())
         self.total = self.total + (log_mels * real).sum((0, 2)).double()
         self.squares = self.squares + (log_mels ** 2 * real).sum((0, 2)).double()
-        mean = self.total / self.count
-        std = (self.squares / self.count - mean ** 2).clamp(min=0).sqrt().clamp(min=1e-3)
-        return torch.stack([mean, std]).float()
+        return self.current()
 
 
 def standardise_log_mels(log_mels, frame_counts, *, per_bin):

@@ -227,10 +227,11 @@ class SpeechEmotion:
     """A train_av.py audio model over sliding windows: `window_s` long, one centred every `hop_s` s from hop_s / 2
     (hop 1: on each second's middle). Each window gets train_av's evaluation transform (evaluation_wave)."""
 
-    def __init__(self, model, class_names, settings, *, window_s=3.0, hop_s=1.0, batch_size=16):
+    def __init__(self, model, class_names, settings, *, window_s=3.0, hop_s=1.0, batch_size=16, speaker_prior=None):
         if window_s <= 0 or hop_s <= 0:
             raise InputError(f"speech emotion: window {window_s} s and hop {hop_s} s must be positive")
         self.model, self.class_names, self.settings = model.eval(), list(class_names), settings
+        self.speaker_prior = speaker_prior  # (2, M) of a --speaker-norm model: its training speakers' mean statistics
         self.window_s, self.hop_s, self.batch_size = window_s, hop_s, batch_size
 
     @classmethod
@@ -250,20 +251,24 @@ class SpeechEmotion:
             model.load_state_dict(state["model"])
         except RuntimeError as error:
             raise InputError(f"{path}: weights do not fit the model its settings describe ({str(error).splitlines()[0][:120]})") from None
-        return cls(model, state["class_names"], settings, **options)
+        return cls(model, state["class_names"], settings, speaker_prior=state.get("speaker_prior"), **options)
 
     @torch.no_grad()
-    def classify(self, waves, moments=None):
+    def classify(self, waves, moments=None, spoken=None):
         """[1-D 16-kHz tensors] -> (N, C) probabilities, each wave through train_av's evaluation transform. A
-        --speaker-norm model normalises by `moments` (models.av_emotion.SpeakerMoments) of the file's windows so far,
-        these included, or by these windows' alone."""
+        --speaker-norm model normalises by `moments` (models.av_emotion.SpeakerMoments, from the training speakers'
+        prior) updated with those of these windows flagged in `spoken` (all by default): the file is one speaker."""
         waves = [evaluation_wave(w, trim_db=self.settings.get("trim_db", 0), max_seconds=self.settings["max_audio_seconds"])
                  for w in waves]
         batch, lengths = padded_batch(waves)
         item = {"audio": batch, "audio_lengths": lengths}
         if self.settings.get("speaker_norm"):
             from models.av_emotion import SpeakerMoments
-            stats = (moments or SpeakerMoments()).update(self.model.audio, batch, lengths)
+            moments = moments or SpeakerMoments(self.speaker_prior)
+            rows = [row for row in range(len(waves)) if spoken is None or spoken[row]]
+            if not rows and moments.count == 0:  # no prior and nothing spoken yet: these windows are all there is
+                rows = list(range(len(waves)))
+            stats = moments.update(self.model.audio, batch[rows], lengths[rows]) if rows else moments.current()
             item["speaker_stats"] = stats[None].expand(len(waves), -1, -1)  # (N, 2, M)
         return self.model(item).softmax(-1).numpy()
 
@@ -281,15 +286,18 @@ class SlidingWindows:
         self.half = int(speech.window_s * SAMPLE_RATE) // 2
         self.buffer, self.buffer_start, self.total = torch.zeros(0), 0, 0  # buffer holds samples from buffer_start
         self.next_window, self.centres, self.probabilities, self.queued = 0, [], [], []
-        self.moments = None
-        if speech.settings.get("speaker_norm"):  # the file is one speaker: online statistics of its windows so far
+        self.moments, self.spoken, self.queued_spoken = None, [], []
+        if speech.settings.get("speaker_norm"):  # the file is one speaker: online statistics of its speech so far
             from models.av_emotion import SpeakerMoments
-            self.moments = SpeakerMoments()
+            self.moments = SpeakerMoments(speech.speaker_prior)
 
     def _centre(self, k):
         return round((k + 0.5) * self.speech.hop_s * SAMPLE_RATE)
 
-    def feed(self, wave):
+    def feed(self, wave, speech=True):
+        """The next second's wave; speech: whether it holds speech (only windows centred on speech update a
+        --speaker-norm model's statistics)."""
+        self.spoken.append(bool(speech))
         self.buffer = torch.cat([self.buffer, wave])
         self.total += len(wave)
         self._cut(final=False)
@@ -302,6 +310,7 @@ class SlidingWindows:
             start, end = max(0, centre - self.half), min(self.total, centre + self.half)
             self.queued.append(self.buffer[start - self.buffer_start:end - self.buffer_start].clone())
             self.centres.append(centre / SAMPLE_RATE)
+            self.queued_spoken.append(self.spoken[min(int(centre / SAMPLE_RATE), len(self.spoken) - 1)])
             self.next_window += 1
             if len(self.queued) == self.speech.batch_size:
                 self._flush()
@@ -311,8 +320,8 @@ class SlidingWindows:
 
     def _flush(self):
         if self.queued:
-            self.probabilities.append(self.speech.classify(self.queued, self.moments))
-            self.queued = []
+            self.probabilities.append(self.speech.classify(self.queued, self.moments, self.queued_spoken))
+            self.queued, self.queued_spoken = [], []
 
     def finish(self, seconds):
         """(seconds, C): per second the mean of the windows centred inside it, or the nearest window."""
@@ -527,7 +536,7 @@ def _build_timeline(path, speech, faces, text, transcript, frame_hooks, second_h
         columns["loudness_dbfs"].append(loudness)
         columns["speech"].append(has_speech)
         if windows is not None and media.wave is not None:
-            windows.feed(media.wave)
+            windows.feed(media.wave, has_speech)
         for hook in second_hooks:
             hook(media)
         if media.frames:

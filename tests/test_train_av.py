@@ -312,10 +312,27 @@ def test_speaker_normalisation_removes_a_speakers_steady_colouring():
 
 
 def test_speaker_norm_and_augmentation_train_and_predict(ravdess, tmp_path):
-    out, metrics = run(ravdess, tmp_path, "-mod", "a", "--epochs", "1", "--speaker-norm", "--augment", "0.5")
+    out, metrics = run(ravdess, tmp_path, "-mod", "a", "--epochs", "1", "--augment", "0.5")
     assert metrics["test"]["n"] == 15
     clip = next((ravdess / "Actor_06").glob("01-*.mp4"))
     [prediction] = train_av.main(["--predict", str(clip), "--ckpt", str(out / "model.pt")])
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-    with pytest.raises(InputError, match="--speaker-norm needs the mel audio encoder"):
-        run(ravdess, tmp_path, "-mod", "v", "--epochs", "1", "--speaker-norm")
+    assert json.loads((out / "args.json").read_text())["args"]["speaker_norm"] is True
+    other, _ = run(ravdess, tmp_path / "v", "-mod", "v", "--epochs", "1")  # on by default, only the mel encoder uses it
+    assert json.loads((other / "args.json").read_text())["args"]["speaker_norm"] is False
+
+
+def test_speaker_moments_start_from_the_prior_and_weigh_it_as_frames():
+    from models.av_emotion import SpeakerMoments
+    torch.manual_seed(0)
+    encoder = MelEncoder(n_mels=16, window_ms=25)
+    prior = torch.stack([torch.linspace(-1, 1, 16), torch.linspace(0.5, 2, 16)])
+    moments = SpeakerMoments(prior, prior_frames=100)
+    torch.testing.assert_close(moments.current(), prior, atol=1e-6, rtol=0)
+    wave = torch.randn(1, 16000) * 0.1
+    seen = encoder.speaker_statistics([wave[0]])  # this wave alone
+    frames = int(encoder.clip_log_mels(wave, torch.tensor([16000]))[1])
+    mixed = moments.update(encoder, wave, torch.tensor([16000]))
+    expected_mean = (100 * prior[0] + frames * seen[0]) / (100 + frames)
+    expected_square = (100 * (prior[1] ** 2 + prior[0] ** 2) + frames * (seen[1] ** 2 + seen[0] ** 2)) / (100 + frames)
+    torch.testing.assert_close(mixed, torch.stack([expected_mean, (expected_square - expected_mean ** 2).sqrt()]), atol=1e-4, rtol=1e-4)

@@ -255,3 +255,12 @@ def test_text_context_holds_only_earlier_utterances_of_the_same_dialogue(meld):
         earlier = sorted((u for u in utterances if u.dialogue == utterance.dialogue and u.utterance < utterance.utterance),
                          key=lambda u: u.utterance)[-2:]
         assert by_key[utterance.key] == " ".join(f"{u.speaker}: {u.text}" for u in earlier)
+
+
+def test_recipe_sets_defaults_and_given_flags_still_win():
+    args = train_meld.parse_args(["--data", "MELD", "--recipe", "text"])
+    assert {key: getattr(args, key) for key in train_meld.RECIPES["text"]} == train_meld.RECIPES["text"]
+    args = train_meld.parse_args(["--data", "MELD", "--recipe", "text", "--ensemble", "2", "--text-model", "other", "--seed", "7"])
+    assert (args.ensemble, args.text_model, args.seed, args.text_finetune_epochs) == (2, "other", 7, 2)
+    plain = train_meld.parse_args(["--data", "MELD"])
+    assert (plain.ensemble, plain.text_finetune_epochs, plain.amp, plain.text_model) == (1, 0, False, None)
