@@ -1,8 +1,8 @@
 """RAVDESS audio-visual emotion model (seed 002): audio encoder and/or video encoder -> concat -> Linear.
 
 Audio encoders take 16 kHz waveforms (B, samples) with lengths, chosen by name (AUDIO_ENCODERS):
-  mel       log-mel -> per-utterance normalisation -> SpecAugment (training) -> 2-D CNN -> attentive +
-            max pooling over time; from scratch, offline.
+  mel       log-mel -> per-utterance normalisation (then per speaker: speaker_stats, SpeakerMoments) ->
+            SpecAugment (training) -> 2-D CNN -> attentive + max pooling over time; from scratch, offline.
   wav2vec2  a transformers Wav2Vec2Model from a name or local directory, last N layers trainable,
             attention mask passed, masked mean over frames.
 The video encoder takes uint8 frames (B, T, H, W, 3) with lengths: ImageNet normalisation, ResNet-18 trunk
@@ -92,7 +92,6 @@ class MelEncoder(nn.Module):
         for wave in waves:
             stats = moments.update(self, wave[None].float(), torch.tensor([len(wave)]))
         return stats
-
 
     def forward(self, waves, lengths, speaker_stats=None):
         log_mels, frame_counts = self.clip_log_mels(waves, lengths)
