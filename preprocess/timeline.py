@@ -253,6 +253,12 @@ class SpeechEmotion:
             raise InputError(f"{path}: weights do not fit the model its settings describe ({str(error).splitlines()[0][:120]})") from None
         return cls(model, state["class_names"], settings, speaker_prior=state.get("speaker_prior"), **options)
 
+    def new_moments(self):
+        """The running speaker statistics of one file for a --speaker-norm model (from the training speakers'
+        prior), None for other models."""
+        from models.av_emotion import SpeakerMoments
+        return SpeakerMoments(self.speaker_prior) if self.settings.get("speaker_norm") else None
+
     @torch.no_grad()
     def classify(self, waves, moments=None, spoken=None):
         """[1-D 16-kHz tensors] -> (N, C) probabilities, each wave through train_av's evaluation transform. A
@@ -263,8 +269,7 @@ class SpeechEmotion:
         batch, lengths = padded_batch(waves)
         item = {"audio": batch, "audio_lengths": lengths}
         if self.settings.get("speaker_norm"):
-            from models.av_emotion import SpeakerMoments
-            moments = moments or SpeakerMoments(self.speaker_prior)
+            moments = moments or self.new_moments()
             rows = [row for row in range(len(waves)) if spoken is None or spoken[row]]
             if not rows and moments.count == 0:  # no prior and nothing spoken yet: these windows are all there is
                 rows = list(range(len(waves)))
@@ -286,10 +291,8 @@ class SlidingWindows:
         self.half = int(speech.window_s * SAMPLE_RATE) // 2
         self.buffer, self.buffer_start, self.total = torch.zeros(0), 0, 0  # buffer holds samples from buffer_start
         self.next_window, self.centres, self.probabilities, self.queued = 0, [], [], []
-        self.moments, self.spoken, self.queued_spoken = None, [], []
-        if speech.settings.get("speaker_norm"):  # the file is one speaker: online statistics of its speech so far
-            from models.av_emotion import SpeakerMoments
-            self.moments = SpeakerMoments(speech.speaker_prior)
+        self.moments = speech.new_moments()  # the file is one speaker: online statistics of its speech so far
+        self.spoken, self.queued_spoken = [], []
 
     def _centre(self, k):
         return round((k + 0.5) * self.speech.hop_s * SAMPLE_RATE)
