@@ -167,7 +167,7 @@ weights/all-mpnet-base-v2/config.json:
 
 # make meld [DATA=/path/to/MELD]: text only on the CSVs, train_meld.py --recipe text (no DATA: a synthetic demo tree with clips, -mod tav)
 ifdef DATA
-meld: weights
+meld: weights weights-mpnet
 	$(PYTHON) train_meld.py --data $(DATA) --recipe text --device $(DEVICE) --out runs/meld/latest
 else
 meld: weights

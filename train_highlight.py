@@ -19,9 +19,9 @@
    arousal, non-neutral speech, expression strength, relative loudness; what is missing is left out and said), and the
    top --fraction (default 0.15) of the seconds are marked; the speech model and face weights are picked up from
    runs/speech-emotion/model.pt and weights/fer/, weights/mtcnn/ when present; a transcript adds the text emotion of
-   each line from a train_meld.py -mod t model (frozen encoder) to the timeline and the report:
+   each line from a train_meld.py -mod t model (frozen encoder, or --text-joint as make meld trains) to the timeline and the report:
     python train_highlight.py --predict interview.mp4 --out runs/highlight/interview
-    python train_highlight.py --predict interview.mp4 --transcript interview.txt --text-ckpt runs/meld/text/model.pt --out runs/highlight/interview
+    python train_highlight.py --predict interview.mp4 --transcript interview.txt --text-ckpt runs/meld/latest/model.pt --out runs/highlight/interview
 `make highlight` runs the whole chain on a synthetic demo set; `make highlight DATA=/path/to/aihub` on real data.
 Several processes or GPUs (DDP for step 2; each global --batch-size batch of chunks is split over the processes,
 the per-video features are extracted in per-rank shards into the shared --cache first, rank 0 writes the run):

@@ -4,10 +4,10 @@ Text only, MiniLM sentence embeddings (`make weights` puts them in weights/all-M
 frozen encoder, or fine-tuned for one epoch on train first:
     python train_meld.py --data MELD/ -mod t --text-model weights/all-MiniLM-L6-v2 --out runs/meld/text
     python train_meld.py --data MELD/ -mod t --text-model weights/all-MiniLM-L6-v2 --text-finetune-epochs 1 --text-finetune-lr 1e-4 --epochs 10 --out runs/meld/text-ft
-The best text recipe (--recipe text: six runs, seeds 0-5, each fine-tuning MiniLM for 2 epochs at 1e-4 in bf16,
-then 10 epochs of the dialogue model, in member_1..6/, scored by their mean probabilities); the same as
+The best text recipe (--recipe text, `make weights-mpnet` first: all-mpnet-base-v2 trained together with the
+dialogue model (--text-joint) for 2 epochs, encoder at 5e-5, 4 dialogues a batch, bf16 encoder); the same as
     python train_meld.py --data MELD/ --recipe text
-    python train_meld.py --data MELD/ -mod t --text-model weights/all-MiniLM-L6-v2 --text-finetune-epochs 2 --text-finetune-lr 1e-4 --epochs 10 --amp --seed 0 --ensemble 6
+    python train_meld.py --data MELD/ -mod t --text-model weights/all-mpnet-base-v2 --text-joint --text-finetune-lr 5e-5 --epochs 2 --batch-size 4 --amp --seed 0
 Text + audio + video with the released clips, wav2vec2 and ResNet-50 ImageNet weights from local folders:
     python train_meld.py --data MELD.Raw/ -mod tav --text-model weights/all-MiniLM-L6-v2 --audio-model weights/wav2vec2-base-960h --video-weights weights/resnet50.pth
 Per-utterance model (no dialogue context) with an SVM head fitted on the train features:
@@ -25,7 +25,8 @@ and cached in --cache (atomic .npy files): text = the L2-normalised sentence emb
 (mean pooling for sentence-transformers folders such as MiniLM, the first token otherwise; with
 --text-finetune-epochs, of an encoder first fine-tuned on the train split only, through a temporary linear head
 and class-weighted cross-entropy; with --text-context N, the previous N utterances as 'Speaker: text' after [SEP]
-are seen by the attention but not pooled); audio = wav2vec2 mean (with --audio-model) + 25 MFCC means + 5 prosody
+are seen by the attention but not pooled; with --text-joint, not cached: the encoder is part of the model and trained
+with it at --text-finetune-lr, models.meld_emotion.JointTextClassifier, and model.pt holds it); audio = wav2vec2 mean (with --audio-model) + 25 MFCC means + 5 prosody
 values; video = the 10 frames of highest grayscale-histogram entropy (kept in time order) -> ResNet-50, mean over
 the frames (2048-d; random init without --video-weights). --amp runs the text fine-tuning and the encoders in
 bf16 (their own cache entries); the dialogue model always trains in float32. Missing or undecodable clips are
@@ -52,7 +53,7 @@ from common import (InputError, add_logistics_args, argument_parser, atomic_writ
                     classification_report, cleanup_distributed, format_table, global_mean, rank_share, setup_distributed,
                     keep_freed_memory, load_checkpoint, make_run_dir, progress, resolve_device, resume_training_state, run_main,
                     save_checkpoint, save_training_state, seed_everything, to_device, write_failures, write_json)
-from models.meld_emotion import FrameEncoder, MELDEmotionClassifier, SentenceEncoder, Wav2Vec2Mean
+from models.meld_emotion import FrameEncoder, JointTextClassifier, MELDEmotionClassifier, SentenceEncoder, Wav2Vec2Mean
 from models.text_encoder import finetune_lr, pooling_of
 from preprocess.cache import cached_array
 from preprocess.features import mfcc, prosody
@@ -61,8 +62,8 @@ from preprocess.meld import EMOTIONS, SPLIT_CLIP_DIRS, SPLIT_CSV, dialogues, fin
 
 MODALITIES = ["t", "a", "v", "ta", "tv", "av", "tav"]
 # --recipe NAME: the best measured single command, as defaults that explicit flags still override (RESULTS.md)
-RECIPES = {"text": {"modalities": "t", "text_model": "weights/all-MiniLM-L6-v2", "text_finetune_epochs": 2, "text_finetune_lr": 1e-4,
-                    "epochs": 10, "amp": True, "ensemble": 6, "seed": 0}}
+RECIPES = {"text": {"modalities": "t", "text_model": "weights/all-mpnet-base-v2", "text_joint": True, "text_finetune_lr": 5e-5,
+                    "epochs": 2, "batch_size": 4, "amp": True, "seed": 0}}
 CLASS_WEIGHTS = {"none": lambda counts: np.ones(len(counts)),
                  "inverse": lambda counts: counts.sum() / (len(counts) * np.maximum(counts, 1)),
                  "sqrt": lambda counts: np.sqrt(counts.sum() / (len(counts) * np.maximum(counts, 1)))}
@@ -78,6 +79,7 @@ def build_parser():
     features.add_argument("--text-finetune-epochs", type=int, default=0, help="fine-tune the text encoder on train for N epochs first, 0 = frozen (default %(default)s)")
     features.add_argument("--text-finetune-lr", type=float, help="fine-tuning AdamW learning rate, linear decay (default: 5e-5 sentence-transformers, 2e-5 others)")
     features.add_argument("--text-context", type=int, default=0, help="previous utterances of the dialogue encoded with each one (default %(default)s)")
+    features.add_argument("--text-joint", action="store_true", help="train the text encoder with the dialogue model, -mod t only (default: off)")
     features.add_argument("--text-max-len", type=int, default=128, help="tokens per utterance, longer ones are cut (default %(default)s)")
     features.add_argument("--audio-model", help="local wav2vec2 folder, adds its mean to the MFCC and prosody values (default: none)")
     features.add_argument("--video-weights", help="torchvision ResNet-50 ImageNet weights, .pth file or folder (default: seeded random init)")
@@ -234,7 +236,7 @@ def warm_caches(splits, args, device, dist):
     """Under torchrun: each rank computes its strided share of the clip features (and of the per-split text arrays)
     into the shared --cache, then all wait; build_features then reads them all from the cache on every rank."""
     clip_features = ClipFeatures(args, device)
-    if "t" in args.modalities:
+    if "t" in args.modalities and not args.text_joint:
         text_features = TextFeatures(splits, args, device)
         for split in rank_share(splits, dist):
             text_features(split, splits[split])
@@ -253,11 +255,11 @@ def warm_caches(splits, args, device, dist):
 def build_features(splits, args, device, *, show=True):
     """{split: {"utterances": kept, modality: float32 (N, F)}} and the failures [(key, problem)]."""
     clip_features, failures, data = ClipFeatures(args, device), [], {}
-    text_features = TextFeatures(splits, args, device) if "t" in args.modalities else None
+    text_features = TextFeatures(splits, args, device) if "t" in args.modalities and not args.text_joint else None
     for split, utterances in splits.items():
         per_modality = {}
-        if "t" in args.modalities:
-            per_modality["t"] = list(text_features(split, utterances))
+        if "t" in args.modalities:  # --text-joint: the texts themselves, encoded by the model
+            per_modality["t"] = [u.text for u in utterances] if args.text_joint else list(text_features(split, utterances))
         kept = np.ones(len(utterances), bool)
         for modality in (m for m in "av" if m in args.modalities):
             vectors = []
@@ -275,7 +277,8 @@ def build_features(splits, args, device, *, show=True):
             per_modality[modality] = vectors
         data[split] = {"utterances": [u for u, keep in zip(utterances, kept) if keep]}
         for modality, vectors in per_modality.items():
-            data[split][modality] = np.stack([v for v, keep in zip(vectors, kept) if keep]) if kept.any() else None
+            vectors = [v for v, keep in zip(vectors, kept) if keep]
+            data[split][modality] = vectors if args.text_joint and modality == "t" else np.stack(vectors) if vectors else None
         if not kept.any():
             if show:
                 print(f"{split}: no utterance has every modality of -mod {args.modalities}; the split is skipped")
@@ -306,16 +309,20 @@ def sequences(utterances, context):
 
 
 def make_batch(split, index_lists, modalities, device):
-    """features {m: (B, T, F)}, lengths (B,), labels (B, T) with -100 at padding, keys [[key]]."""
+    """features {m: (B, T, F)} (--text-joint: "t" is [[text] per sequence]), lengths (B,), labels (B, T) with -100 at
+    padding, keys [[key]]."""
     lengths = torch.tensor([len(indices) for indices in index_lists])
     steps, labels = int(lengths.max()), torch.full((len(index_lists), int(lengths.max())), -100)
-    features = {m: split[m].new_zeros(len(index_lists), steps, split[m].shape[1]) for m in modalities}
+    arrays = [m for m in modalities if isinstance(split[m], torch.Tensor)]
+    features = {m: split[m].new_zeros(len(index_lists), steps, split[m].shape[1]) for m in arrays}
     if device.type == "cuda":  # page-locked, so the copies below run asynchronously
         features, labels = {m: f.pin_memory() for m, f in features.items()}, labels.pin_memory()
     for row, indices in enumerate(index_lists):
         labels[row, :len(indices)] = torch.tensor([EMOTIONS.index(split["utterances"][i].emotion) for i in indices])
-        for m in modalities:
+        for m in arrays:
             features[m][row, :len(indices)] = split[m][indices]
+    for m in set(modalities) - set(arrays):
+        features[m] = [[split[m][i] for i in indices] for indices in index_lists]
     keys = [[split["utterances"][i].key for i in indices] for indices in index_lists]
     return (*to_device((features, lengths, labels), device), keys)
 
@@ -380,18 +387,29 @@ def fit_member(splits, csv_problems, args, run_dir, device, dist):
         if failures:
             print(f"{len(failures)} utterance(s) skipped for missing or unreadable clips, listed in {run_dir / 'failures.csv'}")
         write_json(run_dir / "split.json", {split: [u.key for u in part["utterances"]] for split, part in data.items()})
-    stats = standardise(data, args.modalities)
+    stats = standardise(data, args.modalities.replace("t", "") if args.text_joint else args.modalities)
 
     train_labels = labels_of(data["train"])
     counts = np.bincount(train_labels, minlength=len(EMOTIONS))
     class_weights = torch.tensor(CLASS_WEIGHTS[args.class_weights](counts), dtype=torch.float32, device=device)
-    input_dims = {m: data["train"][m].shape[1] for m in args.modalities}
     torch.manual_seed(args.seed)  # the initial weights depend on --seed only, not on which features were cached
-    model = MELDEmotionClassifier(input_dims=input_dims, num_classes=len(EMOTIONS), hidden=args.hidden, d_model=args.d_model,
-                                  heads=args.heads, dropout=args.dropout).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sizes = {"num_classes": len(EMOTIONS), "hidden": args.hidden, "d_model": args.d_model, "heads": args.heads, "dropout": args.dropout}
+    if args.text_joint:
+        model = JointTextClassifier(args.text_model, max_length=args.text_max_len, amp=args.amp, **sizes).to(device)
+        input_dims = {"t": model.encoder.hidden_size}
+        groups = [{"params": model.encoder_parameters(), "lr": args.text_finetune_lr},
+                  {"params": list(model.classifier.parameters()), "lr": args.lr}]
+    else:
+        input_dims = {m: data["train"][m].shape[1] for m in args.modalities}
+        model = MELDEmotionClassifier(input_dims=input_dims, **sizes).to(device)
+        groups = [{"params": list(model.parameters()), "lr": args.lr}]
+    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     steps_per_epoch = len(global_batches(len(sequences(data["train"]["utterances"], args.context)), args, dist))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(1, args.epochs * steps_per_epoch))
+    total_steps = max(1, args.epochs * steps_per_epoch)
+    if args.text_joint:  # the pre-trained encoder's fine-tuning schedule: linear decay from the peak rates
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps)
     start_epoch, best_score, best_epoch = 0, -1.0, -1
     if args.resume and (run_dir / "last.pt").is_file():
         start_epoch, best_score, best_epoch = resume_training_state(run_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler)
@@ -469,6 +487,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.ensemble < 1:
         raise InputError(f"--ensemble {args.ensemble}: give 1 or more members")
+    if args.text_joint and (args.modalities != "t" or args.text_finetune_epochs or args.text_context):
+        raise InputError("--text-joint trains the text encoder itself: -mod t, without --text-finetune-epochs and --text-context")
     if args.text_finetune_lr is None and args.text_model:
         args.text_finetune_lr = finetune_lr(args.text_model)  # the encoder family's rate (models/text_encoder.py)
     device = resolve_device(args.device)

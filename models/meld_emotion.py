@@ -10,7 +10,11 @@ Frozen feature encoders (run once, cached by train_meld.py):
 Classifier: per modality a BiLSTM (our LSTM) over the utterance sequence (a dialogue, or one utterance),
 Linear to d_model plus a learned modality embedding; multi-head self-attention over the modality tokens of
 each utterance (residual + LayerNorm), mean over modalities -> fused vector (d_model) -> Linear -> classes.
+
+JointTextClassifier: that classifier on text alone with the text encoder inside it, trained together
+(train_meld.py --text-joint): utterance texts in, logits out.
 """
+import math
 from pathlib import Path
 
 import torch
@@ -167,3 +171,52 @@ class MELDEmotionClassifier(nn.Module):
 
     def forward(self, features, lengths):
         return self.classifier(self.dropout(self.fuse(features, lengths)))
+
+
+class JointTextClassifier(nn.Module):
+    """{"t": [[utterance text, ...] per sequence]}, lengths (B,) -> logits (B, T, classes): each utterance encoded
+    alone by models.text_encoder.TextEncoder (the folder's pooling, L2-normalised, times sqrt(hidden) so that a
+    feature is about unit size), then MELDEmotionClassifier over the sequence; both trained together. The word
+    embeddings and an unused pooler stay frozen. Utterances of similar length are encoded `chunk` at a time (less
+    padding); amp: bf16 autocast of the encoder only (the classifier runs in float32)."""
+
+    def __init__(self, model_dir, *, num_classes=7, max_length=128, amp=False, chunk=8, **classifier_args):
+        super().__init__()
+        from transformers import AutoTokenizer
+        model_dir = _local_model_dir(model_dir, "--text-model", "run `make weights` for weights/all-mpnet-base-v2")
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.encoder = TextEncoder(model_dir, normalize=True)
+        frozen = [self.encoder.model.get_input_embeddings().weight]
+        if getattr(self.encoder.model, "pooler", None) is not None:  # BERT/MPNet's pooler: unused by mean or CLS pooling
+            frozen += list(self.encoder.model.pooler.parameters())
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+        self.classifier = MELDEmotionClassifier(input_dims={"t": self.encoder.hidden_size}, num_classes=num_classes, **classifier_args)
+        self.max_length, self.amp, self.chunk = max_length, amp, chunk
+
+    def encoder_parameters(self):
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def embed(self, texts):
+        """[text] -> (N, hidden) float32 utterance vectors."""
+        device = self.classifier.classifier.weight.device
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        parts = []
+        for start in range(0, len(order), self.chunk):
+            tokens = self.tokenizer([texts[i] for i in order[start:start + self.chunk]], padding=True, truncation=True,
+                                    max_length=self.max_length, return_tensors="pt").to(device)
+            with autocast(device, self.amp):
+                parts.append(self.encoder(tokens["input_ids"], tokens["attention_mask"], token_type_ids=tokens.get("token_type_ids")).float())
+        return torch.cat(parts)[torch.argsort(torch.tensor(order, device=device))] * math.sqrt(self.encoder.hidden_size)
+
+    def _sequences(self, features):
+        texts = features["t"]
+        vectors = self.embed([text for sequence in texts for text in sequence])                           # (N, hidden)
+        split = torch.split(vectors, [len(sequence) for sequence in texts])
+        return {"t": nn.utils.rnn.pad_sequence(split, batch_first=True)}                                  # (B, T, hidden)
+
+    def fuse(self, features, lengths):
+        return self.classifier.fuse(self._sequences(features), lengths)
+
+    def forward(self, features, lengths):
+        return self.classifier(self._sequences(features), lengths)

@@ -364,36 +364,45 @@ def read_transcript(path):
 
 class TextEmotion:
     """A train_meld.py -mod t checkpoint on transcript lines, which it reads as one dialogue in time order (each line
-    alone for a --context none model). Needs the frozen sentence encoder it was trained on (--text-model, or the
-    folder its args name); a model trained on a fine-tuned encoder (--text-finetune-epochs) cannot be used, since
-    model.pt does not hold that encoder."""
+    alone for a --context none model). A --text-joint model.pt holds its trained encoder (the folder its args name, or
+    --text-model, gives the tokenizer and config); otherwise it needs the frozen sentence encoder it was trained on,
+    and a model trained on a fine-tuned encoder (--text-finetune-epochs) cannot be used, since model.pt does not hold
+    that encoder."""
 
     def __init__(self, path, *, text_model=None):
-        from models.meld_emotion import MELDEmotionClassifier, SentenceEncoder
+        from models.meld_emotion import JointTextClassifier, MELDEmotionClassifier, SentenceEncoder
         state = load_checkpoint(path)
         if not {"args", "input_dims", "feature_mean", "model"} <= set(state) or state["args"].get("modalities") != "t":
             raise InputError(f"{path}: not a train_meld.py -mod t checkpoint")
         args = state["args"]
-        if args.get("text_finetune_epochs") or args.get("text_context"):
+        sizes = {"num_classes": len(state["class_names"]), "hidden": args["hidden"], "d_model": args["d_model"], "heads": args["heads"],
+                 "dropout": args["dropout"]}
+        self.joint = bool(args.get("text_joint"))
+        if self.joint:
+            self.model = JointTextClassifier(text_model or args["text_model"], max_length=args["text_max_len"], **sizes)
+        elif args.get("text_finetune_epochs") or args.get("text_context"):
             raise InputError(f"{path}: trained on a fine-tuned or context-reading text encoder, which model.pt does not hold; "
-                             "train with --text-finetune-epochs 0 --text-context 0 for transcripts")
-        self.encoder = SentenceEncoder(text_model or args["text_model"], max_length=args["text_max_len"])
-        self.model = MELDEmotionClassifier(input_dims=state["input_dims"], num_classes=len(state["class_names"]), hidden=args["hidden"],
-                                           d_model=args["d_model"], heads=args["heads"], dropout=args["dropout"])
+                             "train with --text-joint, or --text-finetune-epochs 0 --text-context 0, for transcripts")
+        else:
+            self.encoder = SentenceEncoder(text_model or args["text_model"], max_length=args["text_max_len"])
+            self.model = MELDEmotionClassifier(input_dims=state["input_dims"], **sizes)
+            self.mean, self.std = state["feature_mean"]["t"], state["feature_std"]["t"]
         self.model.load_state_dict(state["model"])
         self.model.eval()
         self.class_names, self.context = list(state["class_names"]), args["context"]
-        self.mean, self.std = state["feature_mean"]["t"], state["feature_std"]["t"]
 
     @torch.no_grad()
     def __call__(self, texts):
         """[line texts] -> (N, C) probabilities."""
-        features = ((self.encoder.embed(texts).cpu() - self.mean) / self.std).float()  # (N, F)
-        if self.context == "none":
-            logits = self.model({"t": features[:, None]}, torch.ones(len(texts), dtype=torch.long))[:, 0]
+        alone = self.context == "none"
+        if self.joint:
+            features = {"t": [[text] for text in texts] if alone else [list(texts)]}
         else:
-            logits = self.model({"t": features[None]}, torch.tensor([len(texts)]))[0]
-        return logits.softmax(-1).numpy()
+            vectors = ((self.encoder.embed(texts).cpu() - self.mean) / self.std).float()  # (N, F)
+            features = {"t": vectors[:, None] if alone else vectors[None]}              # (N, 1, F) or (1, N, F)
+        lengths = torch.ones(len(texts), dtype=torch.long) if alone else torch.tensor([len(texts)])
+        logits = self.model(features, lengths)
+        return (logits[:, 0] if alone else logits[0]).softmax(-1).numpy()
 
 
 def text_per_second(text, transcript, length):

@@ -1,4 +1,4 @@
-"""DDP under torchrun on the CPU (gloo): train_meld.py -mod ta on its tiny synthetic MELD tree, 2 processes vs 1.
+"""DDP under torchrun on the CPU (gloo): train_meld.py -mod ta, and -mod t --text-joint, on its tiny synthetic MELD tree, 2 processes vs 1.
 
 Why the two runs must agree, and to what tolerance:
 - Same samples per step: both runs draw the same seeded dialogue order each epoch; the 2-process run splits every
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import BertModel
 
 import train_meld
 from common import load_checkpoint
@@ -40,7 +41,7 @@ FLAGS = ["-mod", "ta", "--hidden", "8", "--d-model", "16", "--heads", "2", "--dr
          "--epochs", "2", "--lr", "3e-3", "--device", "cpu", "--seed", "3"]
 
 
-def tiny_bert(folder):
+def tiny_bert(folder, dropout=0.1):
     """A random-weight 1-layer BERT (hidden 32) with a WordPiece vocabulary of the fixture's words."""
     from transformers import BertConfig, BertModel, BertTokenizer
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(FIXTURE_WORDS))]
@@ -49,7 +50,8 @@ def tiny_bert(folder):
     BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(folder)
+                         intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                         attention_probs_dropout_prob=dropout)).save_pretrained(folder)
     return folder
 
 
@@ -89,3 +91,26 @@ def test_two_processes_train_the_same_weights_as_one(tmp_path):
     assert moved > 100 * ATOL
     assert weight_gap < ATOL
     assert moment_gap < 1e-3  # a factor-2 gradient (summed, not averaged) would give 0.5 here
+
+
+def test_joint_text_model_two_processes_train_the_same_weights_as_one(tmp_path):
+    """--text-joint: the encoder trains inside the DDP model, so its gradients are averaged over the processes too
+    (the tiny BERT without dropout, whose random masks would differ between one process and two)."""
+    make_meld(tmp_path / "meld", seed=0, with_clips=False)
+    common = ["--data", str(tmp_path / "meld"), "--text-model", str(tiny_bert(tmp_path / "bert", dropout=0.0)), *FLAGS,
+              "-mod", "t", "--text-joint", "--text-finetune-lr", "1e-3"]
+    train_meld.main([*common, "--cache", str(tmp_path / "cache1"), "--out", str(tmp_path / "one")])
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                           f"--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "train_meld.py"),
+                           *common, "--cache", str(tmp_path / "cache2"), "--out", str(tmp_path / "two")],
+                          cwd=ROOT, env=environment, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one, two = load_checkpoint(tmp_path / "one" / "last.pt")["model"], load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    encoder = [k for k in one if k.startswith("encoder.model.encoder.")]
+    initial = BertModel.from_pretrained(tmp_path / "bert").state_dict()
+    moved = max((one[k] - initial[k.removeprefix("encoder.model.")]).abs().max().item() for k in encoder)
+    weight_gap = max((one[k] - two[k]).abs().max().item() for k in one if k != "classifier.attention.in_proj_bias")
+    print(f"max |w_1proc - w_2proc| = {weight_gap:.2e}; encoder max |w_1proc - w_init| = {moved:.2e}")
+    assert encoder and moved > 1e-3
+    assert weight_gap < 1e-5

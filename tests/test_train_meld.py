@@ -12,9 +12,10 @@ from sklearn.metrics import f1_score
 
 import train_meld
 from common import run_main
-from models.meld_emotion import SentenceEncoder
+from models.meld_emotion import JointTextClassifier, SentenceEncoder
 from preprocess.fixtures.meld import FIXTURE_WORDS, make_meld
 from preprocess.meld import EMOTIONS, find_clip, frame_entropy, parse_time, read_split, top_entropy_frames
+from preprocess.timeline import TextEmotion
 
 SMALL = ["--hidden", "16", "--d-model", "32", "--heads", "4", "--frame-size", "32", "--video-fps", "5", "--video-frames", "3",
          "--batch-size", "4", "--device", "cpu"]
@@ -80,6 +81,45 @@ def test_planted_signal_is_learned(meld, text_encoder, cache, tmp_path, modaliti
     for split in ("dev", "test"):  # 7 classes: chance ~0.14; the cue word / tone separates them
         assert metrics[split]["accuracy"] >= 0.6, (split, metrics[split])
         assert metrics[split]["weighted_f1"] > metrics[split]["majority_baseline_weighted_f1"] + 0.3
+
+
+def test_joint_text_model_learns_the_planted_words_and_trains_its_encoder(meld, text_encoder, cache, tmp_path):
+    """--text-joint: the encoder is trained with the dialogue model (its layers move, the word embeddings do not),
+    the planted cue words are learned, and model.pt holds the encoder and loads weights-only."""
+    metrics = run(meld, text_encoder, cache, tmp_path / "run", "-mod", "t", "--text-joint", "--context", "none", "--epochs", "15",
+                  "--lr", "3e-3", "--text-finetune-lr", "1e-3", "--dropout", "0.1")
+    for split in ("dev", "test"):
+        assert metrics[split]["accuracy"] >= 0.6, (split, metrics[split])
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["model"]
+    before = SentenceEncoder(text_encoder).model.state_dict()
+    assert torch.equal(state["encoder.model.embeddings.word_embeddings.weight"], before["embeddings.word_embeddings.weight"])
+    assert not torch.allclose(state["encoder.model.encoder.layer.0.output.dense.weight"], before["encoder.layer.0.output.dense.weight"])
+    assert any(key.startswith("classifier.lstms.t.") for key in state)
+    probabilities = TextEmotion(tmp_path / "run" / "model.pt")(["Great today!", "So hate that."])  # the highlight timeline's reader
+    assert [EMOTIONS[row.argmax()] for row in probabilities] == ["joy", "anger"]
+
+
+def test_joint_text_model_matches_its_parts(text_encoder):
+    """JointTextClassifier = TextEncoder (normalised, times sqrt(hidden)) padded per dialogue -> MELDEmotionClassifier,
+    whatever order the utterances are encoded in."""
+    torch.manual_seed(0)
+    joint = JointTextClassifier(text_encoder, chunk=2, hidden=8, d_model=16, heads=2, dropout=0.0).eval()
+    dialogues = [["joy joy", "anger", "fear sadness neutral"], ["surprise"]]
+    lengths = torch.tensor([3, 1])
+    encoder = SentenceEncoder(text_encoder)
+    with torch.no_grad():
+        vectors = [encoder.embed(texts) * 128 ** 0.5 for texts in dialogues]  # hidden 128
+        padded = torch.zeros(2, 3, 128)
+        padded[0], padded[1, :1] = vectors[0], vectors[1]
+        expected = joint.classifier({"t": padded}, lengths)
+        torch.testing.assert_close(joint({"t": dialogues}, lengths), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_joint_text_model_flags_are_checked(meld, text_encoder, tmp_path, capsys):
+    for extra in (["-mod", "ta"], ["--text-finetune-epochs", "1"], ["--text-context", "1"]):
+        with pytest.raises(SystemExit):
+            run_main(lambda: run(meld, text_encoder, tmp_path / "cache", tmp_path / "run", "--text-joint", *extra))
+        assert "--text-joint" in capsys.readouterr().err
 
 
 def test_missing_and_corrupt_clips_are_listed_and_skipped(meld, text_encoder, cache, tmp_path):
@@ -261,6 +301,6 @@ def test_recipe_sets_defaults_and_given_flags_still_win():
     args = train_meld.parse_args(["--data", "MELD", "--recipe", "text"])
     assert {key: getattr(args, key) for key in train_meld.RECIPES["text"]} == train_meld.RECIPES["text"]
     args = train_meld.parse_args(["--data", "MELD", "--recipe", "text", "--ensemble", "2", "--text-model", "other", "--seed", "7"])
-    assert (args.ensemble, args.text_model, args.seed, args.text_finetune_epochs) == (2, "other", 7, 2)
+    assert (args.ensemble, args.text_model, args.seed, args.text_joint, args.epochs) == (2, "other", 7, True, 2)
     plain = train_meld.parse_args(["--data", "MELD"])
-    assert (plain.ensemble, plain.text_finetune_epochs, plain.amp, plain.text_model) == (1, 0, False, None)
+    assert (plain.ensemble, plain.text_joint, plain.amp, plain.text_model, plain.epochs) == (1, False, False, None, 20)
