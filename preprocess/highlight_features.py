@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import InputError, load_pretrained
+from common import load_pretrained
 from models.highlight import EmotionProbe
 from preprocess.cache import cached_array
 from preprocess.features import log_mel, mfcc_of_log_mel
