@@ -9,6 +9,8 @@ Train (the published recipe, GPU), leave-one-session-out, text only offline, a h
     python train_fv2es.py -lr=4.5e-6 -mod tav --data data/iemocap --protocol loso --test-session 5 --text-model DIR
     python train_fv2es.py -lr 1e-4 -mod t --data data/mosei --dataset mosei --text-model weights/all-MiniLM-L6-v2
     python train_fv2es.py -lr 1e-3 -mo lf_rnn --hand-crafted -mod tav --data data/iemocap -bi
+MELD text in the same layout (python -m preprocess.meld_to_fv2es MELD/ data/meld_fv2es; 7 classes, text only):
+    python train_fv2es.py -lr 1e-3 --loss ce -bs 32 -mod t --dataset meld --data data/meld_fv2es --text-model weights/all-MiniLM-L6-v2
 Several processes or GPUs (DDP; --batch-size is split over the processes), resume after a crash:
     torchrun --nproc_per_node=2 train_fv2es.py -lr 4.5e-6 -mod tav --data data/iemocap --text-model DIR --out runs/fv2es/ddp
     python train_fv2es.py -lr 4.5e-6 -mod tav --data data/iemocap --text-model DIR --out runs/fv2es/ddp --resume
@@ -18,8 +20,10 @@ Evaluate a checkpoint (no other flag needed), predict on any video:
 
 Model mme2e: faces (48x48 crops cached by the preprocessors; MTCNN when weights/mtcnn holds P/R/O-Net, else a
 centre crop) -> RepVGG CNN; 128-bin log-mel in 0.4-s chunks (4x32x32) -> nested transformer; per modality a
-transformer with CLS token and key-padding mask -> Linear -> 6 logits; text: a transformers encoder (first
-token -> Linear), trained at lr / --text-lr-factor; learned weighted late fusion Linear(M -> 1, no bias).
+transformer with CLS token and key-padding mask -> Linear -> 6 logits; text: models/text_encoder.py (mean pooling
+for sentence-transformers folders, the first token otherwise -> Linear), trained with the model at --text-lr (the
+encoder family's fine-tuning rate unless given; lr / --text-lr-factor when that is given); learned weighted late
+fusion Linear(M -> 1, no bias). -mod t on one process trains on batches of texts of similar length.
 Loss bce with pos_weight = neg/pos on train. Per class the sigmoid threshold in {0.05, ..., 0.95} with the best F1
 on VALID is chosen and applied to test. Outputs in --out (default runs/fv2es/NNN): args.json, split.json,
 model.pt (best mean valid F1; carries args and thresholds), last.pt (--resume), metrics.json {"valid", "test",
@@ -30,8 +34,9 @@ and validates on 10% of the other sessions' dialogues. The original's flag spell
 --datapath, -lr/--learning-rate, -hs/--hidden-size and -nl/--num-layers are --data, --lr, --hidden and --layers
 (lf_transformer takes its layers from --trans-nlayers); --feature-dim, -st/--sparse-threshold and -aft are
 accepted and ignored (no model here uses them, as in the original's mme2e).
-Deviations from the original: --ckpt/--valid/--test work; the visual head is optimised; RepVGG is fused on a
-copy for inference only; -lr is required only for training; -bs defaults to 2 (was required); --fusion
+Deviations from the original: --ckpt/--valid/--test work; the text encoder trains at its family's fine-tuning rate
+(was lr / --text-lr-factor 10) and pools as its folder says (was the first token); the visual head is optimised;
+RepVGG is fused on a copy for inference only; -lr is required only for training; -bs defaults to 2 (was required); --fusion
 late (the original default 'early' was ignored by mme2e); audio NesT preset 'cpu' (the paper's is
 --audio-size paper); splits grouped (--protocol loso). Other defaults are the original README's training command's (-ep 30
 -bs 2 -es 6 --trans-dim 64 --trans-nlayers 4 --trans-nheads 4 --num-emotions 6 --text-max-len 100); the original
@@ -54,14 +59,16 @@ from common import (InputError, UNREADABLE_ARRAY_ERRORS, argument_parser, atomic
                     write_failures, write_json)
 from models.fv2es import MME2E, HandCrafted, normalise_faces
 from models.repvgg import fuse_repvgg
+from models.text_encoder import finetune_lr
 from preprocess.cache import cached_array
 from preprocess.features import log_mel
 from preprocess.fv2es_layout import HCF_SIZES, LAYOUT, make_cropper
-from preprocess.fv2es_reader import read_processed
-from preprocess.iemocap import EMOTIONS, loso_splits
-from preprocess.mosei import EMOTIONS as MOSEI_EMOTIONS
+from preprocess.fv2es_reader import CLASS_NAMES as READER_CLASS_NAMES, read_processed
+from preprocess.iemocap import loso_splits
 
-CLASS_NAMES = {"iemocap": list(EMOTIONS), "mosei": list(MOSEI_EMOTIONS)}
+CLASS_NAMES = {dataset: list(names) for dataset, names in READER_CLASS_NAMES.items()}
+SINGLE_LABEL = ("iemocap", "meld")  # one emotion per utterance: also scored by argmax (accuracy, weighted F1)
+SELECT_BY = {"iemocap": "mean_f1", "mosei": "mean_f1", "meld": "weighted_f1"}  # the valid score that picks model.pt
 MODULES_OF = {m: (f"heads.{m}.", f"encoders.{m}.", f"projections.{m}.") for m in "tav"}
 MODULES_OF["t"] += ("text.",)
 MODULES_OF["a"] += ("audio.", "audio_temporal.")
@@ -72,7 +79,7 @@ def build_parser():
     parser = argument_parser(__doc__)
     data = parser.add_argument_group("Data")
     data.add_argument("--data", "--datapath", help="folder of <DATASET>_RAW_PROCESSED, <DATASET>_SPLIT, <DATASET>_HCF_FEATURES (default: none)")
-    data.add_argument("--dataset", default="iemocap", choices=["iemocap", "mosei"], help="dataset layout under --data (default %(default)s)")
+    data.add_argument("--dataset", default="iemocap", choices=sorted(CLASS_NAMES), help="dataset layout under --data (meld: preprocess.meld_to_fv2es, text only) (default %(default)s)")
     data.add_argument("-mod", "--modalities", default="tav", help="any subset of t(ext), a(udio), v(isual) (default %(default)s)")
     data.add_argument("--protocol", default="split", choices=["split", "loso"], help="the split files, or IEMOCAP leave-one-session-out (default %(default)s)")
     data.add_argument("--test-session", type=int, default=5, help="--protocol loso: the held-out session (default %(default)s)")
@@ -92,7 +99,7 @@ def build_parser():
     model.add_argument("--trans-nlayers", type=int, default=4, help="layers of the temporal transformers (default %(default)s)")
     model.add_argument("--trans-nheads", type=int, default=4, help="attention heads of the temporal transformers (default %(default)s)")
     model.add_argument("--audio-size", default="cpu", choices=["tiny", "cpu", "paper"], help="nested-transformer audio encoder preset (default %(default)s)")
-    model.add_argument("--num-emotions", type=int, default=6, help="classes; 6 for both datasets (default %(default)s)")
+    model.add_argument("--num-emotions", type=int, help="classes, must match --dataset (default: 6 for iemocap and mosei, 7 for meld)")
     model.add_argument("--feature-dim", type=int, default=256, help="accepted, ignored (default %(default)s)")
     model.add_argument("-st", "--sparse-threshold", type=float, default=0.9, help="accepted, ignored (default %(default)s)")
     model.add_argument("-dr", "--dropout", type=float, default=0.1, help="dropout rate (default %(default)s)")
@@ -110,7 +117,8 @@ def build_parser():
     train.add_argument("-sc", "--scheduler", action="store_true", help="halve the rate after 2 epochs without a better valid mean F1 (default: off)")
     train.add_argument("--loss", default="bce", choices=["bce", "ce", "l1", "mse"], help="bce with pos_weight, ce, or l1/mse on sigmoids (default %(default)s)")
     train.add_argument("--optim", default="adam", choices=["adam", "sgd"], help="optimiser; sgd with momentum 0.9 (default %(default)s)")
-    train.add_argument("--text-lr-factor", type=float, default=10, help="the text encoder trains at lr / this (default %(default)s)")
+    train.add_argument("--text-lr", type=float, help="learning rate of the text encoder (default: 5e-5 sentence-transformers, 2e-5 others)")
+    train.add_argument("--text-lr-factor", type=float, help="the text encoder trains at lr / this instead (default: none, --text-lr)")
     run = parser.add_argument_group("Run")
     run.add_argument("--out", help="run, --predict or evaluation.json folder (default: runs/fv2es/NNN, beside --ckpt)")
     run.add_argument("--resume", action="store_true", help="continue from last.pt in --out, same flags (default: off)")
@@ -238,11 +246,12 @@ def text_model_name(args):
 
 
 def build_model(args):
+    num_classes = args.num_emotions or len(CLASS_NAMES[args.dataset])
     if args.model == "mme2e":
-        return MME2E(modalities=args.modalities, num_classes=args.num_emotions, trans_dim=args.trans_dim, trans_nlayers=args.trans_nlayers,
+        return MME2E(modalities=args.modalities, num_classes=num_classes, trans_dim=args.trans_dim, trans_nlayers=args.trans_nlayers,
                      trans_nheads=args.trans_nheads, audio_size=args.audio_size, dropout=args.dropout, fusion=args.fusion,
                      text_model=text_model_name(args) if "t" in args.modalities else None)
-    return HandCrafted(kind=args.model, modalities=args.modalities, input_dims=dict(zip("tav", args.hfc_sizes)), num_classes=args.num_emotions,
+    return HandCrafted(kind=args.model, modalities=args.modalities, input_dims=dict(zip("tav", args.hfc_sizes)), num_classes=num_classes,
                        hidden=args.hidden, num_layers=args.layers, bidirectional=args.bidirectional, gru=args.gru,
                        trans_dim=args.trans_dim, trans_nlayers=args.trans_nlayers, trans_nheads=args.trans_nheads, dropout=args.dropout,
                        fusion=args.fusion)
@@ -288,7 +297,7 @@ def choose_thresholds(labels, scores):
 
 def evaluate(labels, scores, thresholds, class_names, train_labels, dataset):
     """Per-emotion accuracy, precision, recall, F1, AUC at the given thresholds, their means, the all-positive
-    baseline, the per-class majority baseline (train) and, for IEMOCAP, 6-way argmax accuracy / weighted F1."""
+    baseline, the per-class majority baseline (train) and, for IEMOCAP and MELD, argmax accuracy / weighted F1."""
     labels = labels.astype(int)
     predicted = (scores >= np.asarray(thresholds)[None, :]).astype(int)
     majority = (train_labels.mean(0) > 0.5).astype(int)
@@ -305,11 +314,12 @@ def evaluate(labels, scores, thresholds, class_names, train_labels, dataset):
     for key in ("accuracy", "precision", "recall", "f1", "auc", "all_positive_f1", "all_positive_accuracy", "majority_accuracy"):
         values = [v[key] for v in report["per_emotion"].values()]
         report[f"mean_{key}"] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
-    if dataset == "iemocap":
-        six_way = classification_report(labels.argmax(1), scores.argmax(1), class_names=class_names, train_labels=train_labels.argmax(1))
-        report.update({"accuracy_6way": six_way["accuracy"], "weighted_f1": six_way["weighted_f1"], "macro_f1_6way": six_way["macro_f1"],
-                       "majority_baseline_accuracy_6way": six_way["majority_baseline_accuracy"],
-                       "majority_baseline_weighted_f1": six_way["majority_baseline_weighted_f1"], "confusion_matrix": six_way["confusion_matrix"]})
+    if dataset in SINGLE_LABEL:
+        way = f"{len(class_names)}way"  # accuracy_6way for IEMOCAP, accuracy_7way for MELD
+        argmax = classification_report(labels.argmax(1), scores.argmax(1), class_names=class_names, train_labels=train_labels.argmax(1))
+        report.update({f"accuracy_{way}": argmax["accuracy"], "weighted_f1": argmax["weighted_f1"], f"macro_f1_{way}": argmax["macro_f1"],
+                       f"majority_baseline_accuracy_{way}": argmax["majority_baseline_accuracy"],
+                       "majority_baseline_weighted_f1": argmax["majority_baseline_weighted_f1"], "confusion_matrix": argmax["confusion_matrix"]})
     return report
 
 
@@ -371,7 +381,7 @@ def predict(cli, device):
         if cropper is not None and frames:
             face_array = cropper.crop_batch([rgb for _, rgb in frames])[0]
         text = segments[index][2]
-        sample = {"id": str(index), "text": text, "label": np.zeros(args.num_emotions, np.float32)}
+        sample = {"id": str(index), "text": text, "label": np.zeros(args.num_emotions or len(CLASS_NAMES[args.dataset]), np.float32)}
         if args.model == "mme2e":
             if "v" in args.modalities:
                 sample["faces"] = face_array
@@ -433,22 +443,56 @@ def data_splits(args):
         if args.dataset != "iemocap":
             raise InputError("--protocol loso is for IEMOCAP (sessions); MOSEI uses its split files")
         splits = loso_splits(items, args.test_session, seed=args.seed)
-    empty = [split for split, ids in splits.items() if not ids]
+    empty = [split for split, ids in splits.items() if not ids and split != "test"]
     if empty:
-        raise InputError(f"{args.data}: the {' and '.join(empty)} split is empty (train, valid and test are all needed)")
+        raise InputError(f"{args.data}: the {' and '.join(empty)} split is empty (train and valid are needed)")
+    if not splits["test"]:
+        print("the test split is empty: trained on train, selected and reported on valid")
     if failures:
         print(f"{len(failures)} utterance(s) skipped (meta entries that do not parse, split ids without one); listed in failures.csv")
     return items, splits, failures
 
 
+class LengthBatches(torch.utils.data.Sampler):
+    """Training batches of texts of similar length, for -mod t on one process (padding is most of a text batch's
+    cost): each epoch the items are shuffled, sorted by character length within windows of 50 batches, cut into
+    batches, and the batches shuffled; the order depends only on the seed and the epoch."""
+
+    def __init__(self, lengths, batch_size, seed):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def batches(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order, window, batches = torch.randperm(len(self.lengths), generator=generator).tolist(), 50 * self.batch_size, []
+        for start in range(0, len(order), window):
+            part = sorted(order[start:start + window], key=lambda i: self.lengths[i])
+            batches += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self):
+        window = 50 * self.batch_size
+        return sum(-(-min(window, len(self.lengths) - start) // self.batch_size) for start in range(0, len(self.lengths), window))
+
+
 def loaders(items, splits, args, dist=None):
     """DataLoaders of every split; with DDP the train split is sharded by a DistributedSampler and --batch-size is
-    split over the processes. The train order depends only on --seed and the epoch (reseed_for_epoch)."""
+    split over the processes; -mod t on one process trains on LengthBatches. The train order depends only on --seed
+    and the epoch (reseed_for_epoch)."""
     collate_fn = functools.partial(collate, tokenizer=make_tokenizer(args), text_max_len=args.text_max_len)
     sharded = dist is not None and dist.enabled
     made = {}
     for split, ids in splits.items():
         dataset, training = Utterances(items, ids, args), split == "train"
+        if training and not sharded and args.modalities == "t" and args.model == "mme2e":
+            made[split] = torch.utils.data.DataLoader(dataset, batch_sampler=LengthBatches([len(items[i].text) for i in ids], args.batch_size, args.seed),
+                                                      collate_fn=collate_fn, num_workers=args.workers)
+            continue
         sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed) if training and sharded else None
         made[split] = torch.utils.data.DataLoader(dataset, batch_size=max(1, args.batch_size // dist.world_size) if training and sharded else args.batch_size,
                                                   shuffle=training and sampler is None, sampler=sampler, collate_fn=collate_fn,
@@ -458,7 +502,9 @@ def loaders(items, splits, args, dist=None):
 
 
 def reseed_for_epoch(loader, seed, epoch):
-    if isinstance(loader.sampler, torch.utils.data.DistributedSampler):
+    if isinstance(loader.batch_sampler, LengthBatches):
+        loader.batch_sampler.set_epoch(epoch)
+    elif isinstance(loader.sampler, torch.utils.data.DistributedSampler):
         loader.sampler.set_epoch(epoch)
     else:
         loader.generator.manual_seed(seed + epoch)
@@ -470,8 +516,14 @@ def check_args(args):
     args.modalities = "".join(m for m in "tav" if m in args.modalities)
     if args.ckpt_mod and set(args.ckpt_mod) - set(args.modalities):
         raise InputError(f"--ckpt-mod {args.ckpt_mod}: load only modalities that -mod {args.modalities} uses")
-    if args.num_emotions != 6:
-        raise InputError("--num-emotions: both datasets have 6 emotion labels")
+    classes = len(CLASS_NAMES[args.dataset])
+    if args.num_emotions not in (None, classes):
+        raise InputError(f"--num-emotions {args.num_emotions}: --dataset {args.dataset} has {classes} emotion labels")
+    args.num_emotions = classes
+    if args.text_lr is None and args.lr is not None:
+        args.text_lr = args.lr / args.text_lr_factor if args.text_lr_factor else finetune_lr(text_model_name(args))
+    if args.dataset == "meld" and (args.modalities != "t" or args.model != "mme2e"):
+        raise InputError("--dataset meld: the converted MELD text has no audio, faces or hand-crafted features; use -mod t with mme2e")
     if args.model != "mme2e":
         args.hand_crafted = True
     if getattr(args, "amp", False) and args.model == "lf_rnn":
@@ -501,7 +553,7 @@ def train(args, device):
     text_ids = {id(p) for p in model.text_parameters()}
     groups = [{"params": [p for p in model.parameters() if id(p) not in text_ids]}]
     if text_ids:
-        groups.append({"params": model.text_parameters(), "lr": args.lr / args.text_lr_factor})
+        groups.append({"params": model.text_parameters(), "lr": args.text_lr})
     optimizer = (torch.optim.Adam(groups, lr=args.lr, weight_decay=args.weight_decay) if args.optim == "adam"
                  else torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay))
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2) if args.scheduler else None
@@ -531,7 +583,7 @@ def train(args, device):
             valid_labels, valid_scores, _ = predict_scores(model, data["valid"], args, device)
             thresholds = choose_thresholds(valid_labels, valid_scores)
             valid = evaluate(valid_labels, valid_scores, thresholds, CLASS_NAMES[args.dataset], train_labels, args.dataset)
-        score = broadcast_object(dist, valid["mean_f1"] if valid else None)
+        score = broadcast_object(dist, valid[SELECT_BY[args.dataset]] if valid else None)
         if scheduler:
             scheduler.step(score)
         improved = score > best_score
@@ -543,20 +595,21 @@ def train(args, device):
                                                        "thresholds": thresholds, "class_names": CLASS_NAMES[args.dataset]})
             save_training_state(run_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
                                 best_score=best_score, best_epoch=best_epoch)
-            print(f"epoch {epoch + 1}: loss {loss_sum / max(1, len(data['train'])):.4f}  valid mean F1 {score:.3f}  "
+            print(f"epoch {epoch + 1}: loss {loss_sum / max(1, len(data['train'])):.4f}  valid {SELECT_BY[args.dataset]} {score:.3f}  "
                   f"mean acc {valid['mean_accuracy']:.3f}{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
         if epoch - best_epoch >= args.early_stop:
             if dist.is_main:
-                print(f"early stop: no better valid mean F1 for {args.early_stop} epochs")
+                print(f"early stop: no better valid {SELECT_BY[args.dataset]} for {args.early_stop} epochs")
             break
     if not dist.is_main:
         cleanup_distributed(dist)
         return None
     model.load_state_dict(load_checkpoint(run_dir / "model.pt")["model"])
-    metrics = evaluate_splits(model, data, args, device, train_labels, ["valid", "test"])
-    metrics["protocol"] = (f"{args.dataset}, protocol {args.protocol}; trained on train, checkpoint = best valid mean F1 (epoch {best_epoch + 1}); "
-                           "per-class thresholds in {0.05..0.95} chosen on valid, applied to test; means over the 6 emotions; "
-                           "baselines: all-positive and train-majority per class" + ("; 6-way = argmax" if args.dataset == "iemocap" else ""))
+    metrics = evaluate_splits(model, data, args, device, train_labels, ["valid", "test"] if splits["test"] else ["valid"])
+    metrics["protocol"] = (f"{args.dataset}, protocol {args.protocol}; trained on train, checkpoint = best valid {SELECT_BY[args.dataset]} (epoch {best_epoch + 1}); "
+                           f"per-class thresholds in {{0.05..0.95}} chosen on valid, applied to test; means over the {args.num_emotions} emotions; "
+                           "baselines: all-positive and train-majority per class" + (f"; {args.num_emotions}-way = argmax" if args.dataset in SINGLE_LABEL else "")
+                           + ("" if splits["test"] else "; no test split: valid is both the selection and the reported split"))
     write_json(run_dir / "metrics.json", metrics)
     print(f"run folder: {run_dir}")
     cleanup_distributed(dist)
@@ -572,7 +625,7 @@ def evaluate_splits(model, data, args, device, train_labels, splits):
         labels, scores = (valid_labels, valid_scores) if split == "valid" else predict_scores(model, data[split], args, device)[:2]
         metrics[split] = evaluate(labels, scores, thresholds, CLASS_NAMES[args.dataset], train_labels, args.dataset)
     columns = ["split", "n", "mean_accuracy", "mean_f1", "mean_auc", "mean_all_positive_f1", "mean_majority_accuracy"]
-    columns += ["accuracy_6way", "weighted_f1", "majority_baseline_weighted_f1"] if args.dataset == "iemocap" else []
+    columns += [f"accuracy_{len(CLASS_NAMES[args.dataset])}way", "weighted_f1", "majority_baseline_weighted_f1"] if args.dataset in SINGLE_LABEL else []
     print(format_table([{"split": s, **metrics[s]} for s in splits], columns))
     return metrics
 
@@ -586,6 +639,8 @@ def evaluate_checkpoint(cli, device):
     model = build_model(args).to(device)
     model.load_state_dict(state["model"])
     train_labels = np.stack([items[i].label for i in splits["train"]])
+    if cli.test and not splits["test"]:
+        raise InputError(f"--test: {args.data} has an empty test split")
     metrics = evaluate_splits(model, data, args, device, train_labels, ["valid"] + (["test"] if cli.test else []))
     out = Path(cli.out) if cli.out else Path(cli.ckpt).parent
     write_json(out / "evaluation.json", {"checkpoint": str(cli.ckpt), **metrics})

@@ -20,7 +20,8 @@ features are extracted in per-rank shards into the shared --cache first, rank 0 
 
 --data holds {train,dev}_sent_emo.csv (test_sent_emo.csv optional) and, for -mod a/v, the clip folders
 train_splits/, dev_splits_complete/, output_repeated_splits_test/. Features are computed once by frozen encoders
-and cached in --cache (atomic .npy files): text = mean-pooled, L2-normalised sentence embedding (with
+and cached in --cache (atomic .npy files): text = the L2-normalised sentence embedding of models/text_encoder.py
+(mean pooling for sentence-transformers folders such as MiniLM, the first token otherwise; with
 --text-finetune-epochs, of an encoder first fine-tuned on the train split only, through a temporary linear head
 and class-weighted cross-entropy; with --text-context N, the previous N utterances as 'Speaker: text' after [SEP]
 are seen by the attention but not pooled); audio = wav2vec2 mean (with --audio-model) + 25 MFCC means + 5 prosody
@@ -51,6 +52,7 @@ from common import (InputError, add_logistics_args, argument_parser, atomic_writ
                     keep_freed_memory, load_checkpoint, make_run_dir, progress, resolve_device, resume_training_state, run_main,
                     save_checkpoint, save_training_state, seed_everything, to_device, write_failures, write_json)
 from models.meld_emotion import FrameEncoder, MELDEmotionClassifier, SentenceEncoder, Wav2Vec2Mean
+from models.text_encoder import finetune_lr, pooling_of
 from preprocess.cache import cached_array
 from preprocess.features import mfcc, prosody
 from preprocess.media import MediaError, iter_frames, load_audio
@@ -70,7 +72,7 @@ def build_parser():
     features = parser.add_argument_group("Features (frozen encoders, computed once)")
     features.add_argument("--text-model", help="local folder of a transformers sentence encoder, needed for t (default: none)")
     features.add_argument("--text-finetune-epochs", type=int, default=0, help="fine-tune the text encoder on train for N epochs first, 0 = frozen (default %(default)s)")
-    features.add_argument("--text-finetune-lr", type=float, default=5e-5, help="AdamW learning rate of that fine-tuning, linear decay (default %(default)s)")
+    features.add_argument("--text-finetune-lr", type=float, help="fine-tuning AdamW learning rate, linear decay (default: 5e-5 sentence-transformers, 2e-5 others)")
     features.add_argument("--text-context", type=int, default=0, help="previous utterances of the dialogue encoded with each one (default %(default)s)")
     features.add_argument("--text-max-len", type=int, default=128, help="tokens per utterance, longer ones are cut (default %(default)s)")
     features.add_argument("--audio-model", help="local wav2vec2 folder, adds its mean to the MFCC and prosody values (default: none)")
@@ -139,7 +141,7 @@ class TextFeatures:
         if not args.text_model:
             raise InputError("-mod with t needs --text-model DIR (run `make weights` for weights/all-MiniLM-L6-v2)")
         self.train, self.args, self.device, self.encoder = splits["train"], args, device, None
-        self.settings = {"text_encoder": file_fingerprint(args.text_model), "max_length": args.text_max_len}
+        self.settings = {"text_encoder": file_fingerprint(args.text_model), "pooling": pooling_of(args.text_model), "max_length": args.text_max_len}
         if args.text_context:
             self.settings["context"] = args.text_context
         if args.amp:
@@ -452,6 +454,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.ensemble < 1:
         raise InputError(f"--ensemble {args.ensemble}: give 1 or more members")
+    if args.text_finetune_lr is None and args.text_model:
+        args.text_finetune_lr = finetune_lr(args.text_model)  # the encoder family's rate (models/text_encoder.py)
     device = resolve_device(args.device)
     dist = setup_distributed(device)
     keep_freed_memory(device)

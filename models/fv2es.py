@@ -7,7 +7,8 @@
 
 Faces (N, 3, 48, 48) -> VisualCNN -> (N, trans_dim); mel chunks (N, 4, 32, 32) -> NestedAudioEncoder ->
 (N, trans_dim); per utterance the sequence of those goes through a TemporalEncoder (CLS token + key-padding
-mask) -> Linear -> C logits. Text: a transformers encoder, first token -> Linear -> C. The per-modality
+mask) -> Linear -> C logits. Text: models.text_encoder.TextEncoder (the folder's pooling: mean for
+sentence-transformers, the first token otherwise) -> Linear -> C. The per-modality
 logits (B, C, M) are fused by a learned Linear(M -> 1, no bias) (`fusion="late"`), or the modality vectors
 are concatenated before one Linear (`fusion="early"`).
 """
@@ -16,6 +17,7 @@ from torch import nn
 
 from models.lstm import GRU, LSTM
 from models.repvgg import RepVGGBlock
+from models.text_encoder import TextEncoder
 from models.transformer import CLSToken, SinusoidalPositions, TransformerEncoder, padding_mask
 
 FACE_MEAN = (159.0, 111.0, 102.0)  # on 0-255 values, as MME2E
@@ -146,19 +148,6 @@ def pad_by_counts(flat, counts):
     rows = torch.arange(padded.shape[1], device=flat.device)[None, :] < counts[:, None]  # (B, T)
     padded[rows] = flat
     return padded
-
-
-class TextEncoder(nn.Module):
-    """A transformers encoder (ALBERT, BERT, MiniLM ... by hub name or local folder) -> first token (B, hidden)."""
-
-    def __init__(self, name):
-        super().__init__()
-        from common import load_pretrained
-        self.model = load_pretrained("AutoModel", name).train()
-        self.hidden_size = self.model.config.hidden_size
-
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
 
 
 class LateFusion(nn.Module):

@@ -1,8 +1,8 @@
 """MELD emotion model (seed 003) and the frozen encoders that turn utterances into feature vectors.
 
 Frozen feature encoders (run once, cached by train_meld.py):
-  SentenceEncoder   a transformers BERT-style model from a local folder, mean pooling over real tokens,
-                    then L2 normalisation (the all-MiniLM-L6-v2 recipe) -> (N, hidden), 384-d for MiniLM.
+  SentenceEncoder   models.text_encoder.TextEncoder from a local folder (mean pooling for sentence-transformers
+                    folders such as all-MiniLM-L6-v2, the first token otherwise), then L2 normalisation -> (N, hidden).
   Wav2Vec2Mean      a transformers wav2vec2 model from a local folder, mean over its last hidden states -> 768-d.
   FrameEncoder      torchvision ResNet-50 (ImageNet weights from a file/folder, or a seeded random init),
                     global-average-pooled 2048-d per frame, averaged over the utterance's frames.
@@ -20,6 +20,7 @@ from torch import nn
 
 from common import InputError, autocast, load_torchvision_weights
 from models.lstm import LSTM
+from models.text_encoder import TextEncoder
 from models.transformer import MultiheadAttention
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,13 +35,15 @@ def _local_model_dir(path, flag, hint):
 
 
 class SentenceEncoder:
-    """texts -> float32 (N, hidden): mean of the last hidden states over real tokens, L2-normalised."""
+    """texts -> float32 (N, hidden): models.text_encoder.TextEncoder (the folder's pooling: mean over real tokens
+    for sentence-transformers such as MiniLM, the first token otherwise), L2-normalised."""
 
     def __init__(self, model_dir, *, device="cpu", max_length=128):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
         model_dir = _local_model_dir(model_dir, "--text-model", "run `make weights` for weights/all-MiniLM-L6-v2")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModel.from_pretrained(model_dir).eval().to(device)
+        self.encoder = TextEncoder(model_dir, normalize=True).eval().to(device)
+        self.model = self.encoder.model
         self.device, self.max_length = device, max_length
 
     def embed(self, texts, contexts=None):
@@ -58,10 +61,8 @@ class SentenceEncoder:
                 if context_start is not None:
                     pooled_positions[row, context_start:] = 0
         tokens = tokens.to(self.device)
-        hidden = self.model(**tokens).last_hidden_state                           # (N, L, hidden)
-        mask = pooled_positions.to(self.device).unsqueeze(-1).to(hidden.dtype)     # (N, L, 1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-        return F.normalize(pooled, p=2, dim=1)
+        return self.encoder(tokens["input_ids"], tokens["attention_mask"], token_type_ids=tokens.get("token_type_ids"),
+                            pooled_mask=pooled_positions.to(self.device))
 
     @torch.no_grad()
     def __call__(self, texts, contexts=None):

@@ -22,11 +22,12 @@ from common import atomic_write
 from preprocess.features import log_mel, mfcc
 from preprocess.media import load_audio
 from preprocess.mtcnn import FaceCropper
-from preprocess.timeline import grid_times, iter_segments  # noqa: F401 (grid_times: the layout's frame grid)
+from preprocess.timeline import iter_segments
 
 HCF_SIZES = (300, 144, 35)  # text, audio, visual
 LAYOUT = {"iemocap": ("IEMOCAP_RAW_PROCESSED", "IEMOCAP_SPLIT", "IEMOCAP_HCF_FEATURES"),
-          "mosei": ("MOSEI_RAW_PROCESSED", "MOSEI_SPLIT", "MOSEI_HCF_FEATURES")}
+          "mosei": ("MOSEI_RAW_PROCESSED", "MOSEI_SPLIT", "MOSEI_HCF_FEATURES"),
+          "meld": ("MELD_RAW_PROCESSED", "MELD_SPLIT", "MELD_HCF_FEATURES")}  # text only (preprocess.meld_to_fv2es)
 
 
 # ---------------------------------------------------------------- frames, audio, faces

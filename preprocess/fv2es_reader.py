@@ -1,11 +1,12 @@
-"""The processed-layout reader train_fv2es.py uses, for IEMOCAP and CMU-MOSEI alike (layout: preprocess.fv2es_layout).
+"""The processed-layout reader train_fv2es.py uses, for IEMOCAP, CMU-MOSEI and the text-only MELD conversion
+(preprocess.meld_to_fv2es) alike (layout: preprocess.fv2es_layout).
 
     from preprocess.fv2es_reader import read_processed
     items, splits, failures = read_processed("data/iemocap", "iemocap")   # or ("data/mosei", "mosei")
 
-Each utterance/clip becomes an Item: its folder, text, a float32 (6,) label (one-hot for IEMOCAP, presence for
-MOSEI, in the class order of preprocess.iemocap.EMOTIONS / preprocess.mosei.EMOTIONS), the speaker's side
-(IEMOCAP), and its dialogue/video and session (IEMOCAP) for grouped splits.
+Each utterance/clip becomes an Item: its folder, text, a float32 (C,) label (one-hot for IEMOCAP and MELD, presence
+for MOSEI, in the class order of preprocess.iemocap.EMOTIONS / preprocess.mosei.EMOTIONS / preprocess.meld.EMOTIONS),
+the speaker's side (IEMOCAP), and its dialogue/video and session (IEMOCAP) for grouped splits.
 """
 import json
 import pickle
@@ -15,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from common import InputError
-from preprocess import iemocap, mosei
+from preprocess import iemocap, meld, mosei
 from preprocess.fv2es_layout import LAYOUT
 
-CLASS_NAMES = {"iemocap": iemocap.EMOTIONS, "mosei": mosei.EMOTIONS}
+CLASS_NAMES = {"iemocap": iemocap.EMOTIONS, "mosei": mosei.EMOTIONS, "meld": meld.EMOTIONS}
 
 
 @dataclass
@@ -26,10 +27,10 @@ class Item:
     id: str
     folder: Path
     text: str
-    label: np.ndarray   # float32 (6,): one-hot (IEMOCAP) or presence (MOSEI)
-    side: str           # 'L'/'R' for IEMOCAP, '' for MOSEI
+    label: np.ndarray   # float32 (C,): one-hot (IEMOCAP, MELD) or presence (MOSEI)
+    side: str           # 'L'/'R' for IEMOCAP, '' otherwise
     group: str          # dialogue or video: splits never cut one
-    session: int        # IEMOCAP session, 0 for MOSEI
+    session: int        # IEMOCAP session, 0 otherwise
 
 
 def _label_vector(label, names, where):
@@ -94,7 +95,7 @@ def read_processed(datapath, dataset):
         if dataset == "iemocap":
             group = key.rsplit("_", 1)[0]
             items[key] = Item(key, processed_dir / group / key, str(entry.get("text", "")), label, iemocap.speaker_side(key), group, iemocap.session_of(key))
-        else:
+        else:  # MOSEI `<video>_<clip>`, MELD `<split>_dia<D>_utt<U>`: the group is the id without its last part
             items[key] = Item(key, processed_dir / key, str(entry.get("text", "")), label, "", str(entry.get("video", key.rsplit("_", 1)[0])), 0)
     if not items:
         raise InputError(f"{processed_dir}: no usable utterance in meta ({failures[0][1] if failures else 'it is empty'})")

@@ -511,7 +511,7 @@ def _build_timeline(path, speech, faces, text, transcript, frame_hooks, second_h
 
     size = working_size(path)
     frame_shape, frame_scale = None, 1.0  # (height, width) decoded; source pixels per decoded pixel (720p decoded at 360: 2)
-    for media in iter_seconds(path, fps=1, size=size, video=bool(frame_hooks) or faces is not None):
+    for media in iter_seconds(path, fps=1, size=size, video=bool(frame_hooks) or faces is not None or not info["has_audio"]):
         loudness, has_speech = detector(media.wave)
         columns["loudness_dbfs"].append(loudness)
         columns["speech"].append(has_speech)

@@ -15,7 +15,8 @@ from common import InputError
 from preprocess import iemocap, mosei
 from preprocess.fixtures.iemocap import make_iemocap
 from preprocess.fixtures.mosei import make_mosei
-from preprocess.fv2es_layout import grid_times, make_cropper
+from preprocess.fv2es_layout import make_cropper
+from preprocess.timeline import grid_times
 from preprocess.fv2es_reader import read_processed
 from preprocess.iemocap import EMOTIONS, loso_splits, speaker_side
 from preprocess.tree import walk_files

@@ -561,8 +561,8 @@ def test_checkpoints_and_caches_never_unpickle(tmp_path):
             elif name.startswith("pickle") and not (path.name == "fv2es_reader.py" and "meta.pkl" in text[max(0, call.start() - 600):call.start()]):
                 unsafe.append(f"{path.name}:{line}")
     assert unsafe == [] and checked >= 10, (unsafe, checked)
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "The only pickles this project reads are the ones the datasets themselves ship (FV2ES `meta.pkl`)" in readme
+    developers = (ROOT / "DEVELOPERS.md").read_text(encoding="utf-8")
+    assert "The only pickles this project reads are the ones the datasets themselves ship (FV2ES `meta.pkl`)" in developers
 
     class Payload:
         def __reduce__(self):

@@ -155,7 +155,7 @@ def test_thresholds_never_see_test_labels(trees, tav_run, tmp_path):
     meta_path = flipped / "IEMOCAP_RAW_PROCESSED" / "meta.json"
     meta = json.loads(meta_path.read_text())
     for utt_id in split["test"]:  # every test label moved to another class
-        meta[utt_id]["label"] = train_fv2es.EMOTIONS[(train_fv2es.EMOTIONS.index(meta[utt_id]["label"]) + 3) % 6]
+        meta[utt_id]["label"] = train_fv2es.CLASS_NAMES["iemocap"][(train_fv2es.CLASS_NAMES["iemocap"].index(meta[utt_id]["label"]) + 3) % 6]
     meta_path.write_text(json.dumps(meta))
     moved = train_fv2es.main(["--test", "--ckpt", str(out / "model.pt"), "--data", str(flipped), "--out", str(tmp_path / "eval")])
     assert moved["thresholds"] == metrics["thresholds"]
@@ -173,7 +173,7 @@ def test_thresholds_are_the_valid_f1_best_and_metrics_match_sklearn():
         grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
         best = max(f1_score(labels[:, c], scores[:, c] >= t) for t in grid)
         assert f1_score(labels[:, c], scores[:, c] >= thresholds[c]) == pytest.approx(best)
-    report = train_fv2es.evaluate(labels, scores, thresholds, list(train_fv2es.EMOTIONS), labels, "iemocap")
+    report = train_fv2es.evaluate(labels, scores, thresholds, train_fv2es.CLASS_NAMES["iemocap"], labels, "iemocap")
     assert report["mean_auc"] == pytest.approx(np.mean([roc_auc_score(labels[:, c], scores[:, c]) for c in range(6)]))
     assert report["accuracy_6way"] == pytest.approx((scores.argmax(1) == labels.argmax(1)).mean())
     assert report["mean_all_positive_accuracy"] == pytest.approx(labels.mean())

@@ -29,7 +29,8 @@ def meld(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_encoder(tmp_path_factory):
-    """A random-weight 1-layer BERT (hidden 128) and a WordPiece tokenizer over the fixture's words."""
+    """A random-weight 1-layer BERT (hidden 128) and a WordPiece tokenizer over the fixture's words, laid out as a
+    sentence-transformers folder with mean pooling (modules.json, 1_Pooling/config.json), as all-MiniLM-L6-v2."""
     from transformers import BertConfig, BertModel, BertTokenizer
     folder = tmp_path_factory.mktemp("tiny_bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(FIXTURE_WORDS))]
@@ -39,6 +40,10 @@ def text_encoder(tmp_path_factory):
     config = BertConfig(vocab_size=len(vocab), hidden_size=128, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=128, max_position_embeddings=64)
     BertModel(config).save_pretrained(folder)
+    (folder / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                                                     {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False}))
     return folder
 
 
