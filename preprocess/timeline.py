@@ -35,7 +35,7 @@ Per second s (the span [s, s+1)), the columns of timeline.csv and the keys of ti
 AROUSAL: where each label sits on the vertical (activation) axis of Russell's circumplex of affect (Russell 1980,
 "A circumplex model of affect"): angry, afraid, surprised/astonished high; happy, disgusted above the middle;
 neutral below it; sad and calm low. The numbers are our round reading of that ordering, not fitted to data;
-checked on RAVDESS against its intensity codes (README).
+bench/speech_timeline.py checks them against RAVDESS's intensity codes (arousal_strong against arousal_normal).
 """
 import collections
 import csv
@@ -64,7 +64,7 @@ FRAME_SAMPLES, HOP_SAMPLES = 400, 160  # 25-ms frames, 10-ms hop at 16 kHz
 MIN_WINDOW_SAMPLES = SAMPLE_RATE // 4  # train_av's MIN_AUDIO_SAMPLES: shorter windows are zero-padded for pooling
 # frames are decoded with the shorter side at most this: MTCNN looks for faces of FACE_MIN_PX and up on them (80 px of a
 # 720p source: a face a ninth of the frame's height); the image encoders (64-224 px) and thumbnails (72 px) need less.
-# On the bench clip (bench/pipeline.py --only timeline) 20-px faces at 360 px cost MTCNN 8x the time of 40-px ones.
+# Smaller faces add MTCNN's finest pyramid scales, where most of its time goes (bench/pipeline.py --only timeline).
 WORKING_SIDE = 360
 FACE_MIN_PX = 40
 COARSE_FACE_FRACTION = 0.7  # one face's box varies by 10-20 % from second to second
@@ -427,7 +427,7 @@ class FaceAnalyser:
     Coarse first: a batch is searched for faces from COARSE_FACE_FRACTION of the smallest largest-face of the previous
     batch up, and only the frames where that finds none are searched from min_face_px up. The largest face is the same
     either way (a face larger than the one found is above the coarse size too), but MTCNN's pyramid then skips its
-    finest, costliest scales: on the bench clip's face (78 px at 360 px) 28 ms a frame instead of 50."""
+    finest, costliest scales."""
 
     def __init__(self, mtcnn_dir="weights/mtcnn", expression_path=None, *, detect_side=WORKING_SIDE, min_face_px=FACE_MIN_PX,
                  device="cpu"):
@@ -542,7 +542,7 @@ def _build_timeline(path, speech, faces, text, transcript, frame_hooks, second_h
         pending.clear()
 
     size = working_size(path)
-    frame_shape, frame_scale = None, 1.0  # (height, width) decoded; source pixels per decoded pixel (1080p at 720p: 1.5)
+    frame_shape, frame_scale = None, 1.0  # (height, width) decoded; source pixels per decoded pixel (720p decoded at 360: 2)
     for media in iter_seconds(path, fps=1, size=size, video=bool(frame_hooks) or faces is not None or not info["has_audio"]):
         loudness, has_speech = detector(media.wave)
         columns["loudness_dbfs"].append(loudness)
