@@ -487,8 +487,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.ensemble < 1:
         raise InputError(f"--ensemble {args.ensemble}: give 1 or more members")
-    if args.text_joint and (args.modalities != "t" or args.text_finetune_epochs or args.text_context):
-        raise InputError("--text-joint trains the text encoder itself: -mod t, without --text-finetune-epochs and --text-context")
+    if args.text_joint and (args.modalities != "t" or not args.text_model or args.text_finetune_epochs or args.text_context):
+        raise InputError("--text-joint trains the text encoder itself: -mod t and --text-model DIR, without --text-finetune-epochs and --text-context")
     if args.text_finetune_lr is None and args.text_model:
         args.text_finetune_lr = finetune_lr(args.text_model)  # the encoder family's rate (models/text_encoder.py)
     device = resolve_device(args.device)

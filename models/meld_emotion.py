@@ -183,7 +183,7 @@ class JointTextClassifier(nn.Module):
     def __init__(self, model_dir, *, num_classes=7, max_length=128, amp=False, chunk=8, **classifier_args):
         super().__init__()
         from transformers import AutoTokenizer
-        model_dir = _local_model_dir(model_dir, "--text-model", "run `make weights` for weights/all-mpnet-base-v2")
+        model_dir = _local_model_dir(model_dir, "--text-model", "run `make weights-mpnet` for weights/all-mpnet-base-v2")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.encoder = TextEncoder(model_dir, normalize=True)
         frozen = [self.encoder.model.get_input_embeddings().weight]

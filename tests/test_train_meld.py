@@ -120,6 +120,9 @@ def test_joint_text_model_flags_are_checked(meld, text_encoder, tmp_path, capsys
         with pytest.raises(SystemExit):
             run_main(lambda: run(meld, text_encoder, tmp_path / "cache", tmp_path / "run", "--text-joint", *extra))
         assert "--text-joint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_main(lambda: train_meld.main(["--data", str(meld), "--text-joint", "--out", str(tmp_path / "bare")]))
+    assert "--text-model DIR" in capsys.readouterr().err
 
 
 def test_missing_and_corrupt_clips_are_listed_and_skipped(meld, text_encoder, cache, tmp_path):
