@@ -55,17 +55,24 @@ def tiny_bert(folder, dropout=0.1):
     return folder
 
 
-def test_two_processes_train_the_same_weights_as_one(tmp_path):
-    make_meld(tmp_path / "meld", seed=0)
-    common = ["--data", str(tmp_path / "meld"), "--text-model", str(tiny_bert(tmp_path / "bert")), *FLAGS]
+def train_once_and_under_torchrun(common, tmp_path):
+    """train_meld.py with the flags `common`: in this process (cache1 -> one/) and as 2 torchrun processes
+    (cache2 -> two/); returns the torchrun run's CompletedProcess, checked to have exited 0."""
     train_meld.main([*common, "--cache", str(tmp_path / "cache1"), "--out", str(tmp_path / "one")])
-
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
                            f"--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "train_meld.py"),
                            *common, "--cache", str(tmp_path / "cache2"), "--out", str(tmp_path / "two")],
                           cwd=ROOT, env=environment, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_two_processes_train_the_same_weights_as_one(tmp_path):
+    make_meld(tmp_path / "meld", seed=0)
+    common = ["--data", str(tmp_path / "meld"), "--text-model", str(tiny_bert(tmp_path / "bert")), *FLAGS]
+    done = train_once_and_under_torchrun(common, tmp_path)
+
 
     # rank 0 alone wrote the run folder, once
     for name in ("args.json", "split.json", "failures.csv", "model.pt", "last.pt", "metrics.json"):
@@ -99,13 +106,7 @@ def test_joint_text_model_two_processes_train_the_same_weights_as_one(tmp_path):
     make_meld(tmp_path / "meld", seed=0, with_clips=False)
     common = ["--data", str(tmp_path / "meld"), "--text-model", str(tiny_bert(tmp_path / "bert", dropout=0.0)), *FLAGS,
               "-mod", "t", "--text-joint", "--text-finetune-lr", "1e-3"]
-    train_meld.main([*common, "--cache", str(tmp_path / "cache1"), "--out", str(tmp_path / "one")])
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-                           f"--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "train_meld.py"),
-                           *common, "--cache", str(tmp_path / "cache2"), "--out", str(tmp_path / "two")],
-                          cwd=ROOT, env=environment, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    train_once_and_under_torchrun(common, tmp_path)
     one, two = load_checkpoint(tmp_path / "one" / "last.pt")["model"], load_checkpoint(tmp_path / "two" / "last.pt")["model"]
     encoder = [k for k in one if k.startswith("encoder.model.encoder.")]
     initial = BertModel.from_pretrained(tmp_path / "bert").state_dict()
