@@ -90,11 +90,12 @@ class MelEncoder(nn.Module):
         speaker_stats."""
         moments = SpeakerMoments(prior)
         for wave in waves:
-            stats = moments.update(self, wave[None].float(), torch.tensor([len(wave)]))
+            stats = moments.update(*self.clip_log_mels(wave[None].float(), torch.tensor([len(wave)])))
         return stats
 
-    def forward(self, waves, lengths, speaker_stats=None):
-        log_mels, frame_counts = self.clip_log_mels(waves, lengths)
+    def forward(self, waves, lengths, speaker_stats=None, clip_log_mels=None):
+        """clip_log_mels: clip_log_mels(waves, lengths) if the caller has it already (the timeline's speaker statistics)."""
+        log_mels, frame_counts = clip_log_mels if clip_log_mels is not None else self.clip_log_mels(waves, lengths)
         if speaker_stats is not None:  # (B, 2, M): each clip's speaker's per-bin mean and std
             real = (~padding_mask(frame_counts, log_mels.shape[-1]))[:, None, :]
             log_mels = (log_mels - speaker_stats[:, 0, :, None]) / speaker_stats[:, 1, :, None] * real
@@ -109,8 +110,9 @@ class MelEncoder(nn.Module):
 
 
 class SpeakerMoments:
-    """Running per-bin moments of one speaker's (or one file's) standardised log-mel frames: update(encoder, waves
-    (B, S), lengths (B,)) adds their real frames and returns the (2, M) mean and std of everything seen so far.
+    """Running per-bin moments of one speaker's (or one file's) standardised log-mel frames: update(log_mels
+    (B, M, F), frame_counts (B,)), as MelEncoder.clip_log_mels gives them, adds their real frames and returns the (2, M)
+    mean and std of everything seen so far.
     prior (2, M), e.g. the training speakers' mean statistics, counts as `prior_frames` frames already seen (so the
     first seconds of a file are not normalised by themselves alone)."""
 
@@ -126,8 +128,7 @@ class SpeakerMoments:
         return torch.stack([mean, std]).float()
 
     @torch.no_grad()
-    def update(self, encoder, waves, lengths):
-        log_mels, frame_counts = encoder.clip_log_mels(waves, lengths)
+    def update(self, log_mels, frame_counts):
         real = (~padding_mask(frame_counts, log_mels.shape[-1]))[:, None, :].to(log_mels.dtype)
         self.count += int(frame_counts.sum())
         self.total = self.total + (log_mels * real).sum((0, 2)).double()
@@ -239,7 +240,8 @@ class AVEmotionClassifier(nn.Module):
     def forward(self, batch):
         pooled = []
         if self.audio is not None:
-            pooled.append(self.audio(batch["audio"], batch["audio_lengths"], *([batch["speaker_stats"]] if "speaker_stats" in batch else [])))
+            extra = {key: batch[key] for key in ("speaker_stats", "clip_log_mels") if key in batch}  # mel encoder only
+            pooled.append(self.audio(batch["audio"], batch["audio_lengths"], **extra))
         if self.video is not None:
             pooled.append(self.video(batch["frames"], batch["frame_lengths"]))
         return self.head(torch.cat(pooled, dim=1))

@@ -273,7 +273,8 @@ class SpeechEmotion:
             rows = [row for row in range(len(waves)) if spoken is None or spoken[row]]
             if not rows and moments.count == 0:  # no prior and nothing spoken yet: these windows are all there is
                 rows = list(range(len(waves)))
-            stats = moments.update(self.model.audio, batch[rows], lengths[rows]) if rows else moments.current()
+            log_mels, frame_counts = item["clip_log_mels"] = self.model.audio.clip_log_mels(batch, lengths)  # computed once
+            stats = moments.update(log_mels[rows], frame_counts[rows]) if rows else moments.current()
             item["speaker_stats"] = stats[None].expand(len(waves), -1, -1)  # (N, 2, M)
         return self.model(item).softmax(-1).numpy()
 

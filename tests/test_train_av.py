@@ -332,7 +332,30 @@ def test_speaker_moments_start_from_the_prior_and_weigh_it_as_frames():
     wave = torch.randn(1, 16000) * 0.1
     seen = encoder.speaker_statistics([wave[0]])  # this wave alone
     frames = int(encoder.clip_log_mels(wave, torch.tensor([16000]))[1])
-    mixed = moments.update(encoder, wave, torch.tensor([16000]))
+    mixed = moments.update(*encoder.clip_log_mels(wave, torch.tensor([16000])))
     expected_mean = (100 * prior[0] + frames * seen[0]) / (100 + frames)
     expected_square = (100 * (prior[1] ** 2 + prior[0] ** 2) + frames * (seen[1] ** 2 + seen[0] ** 2)) / (100 + frames)
     torch.testing.assert_close(mixed, torch.stack([expected_mean, (expected_square - expected_mean ** 2).sqrt()]), atol=1e-4, rtol=1e-4)
+
+
+def test_timeline_speaker_norm_computes_each_log_mel_once(monkeypatch):
+    """The timeline's --speaker-norm windows: one log-mel per batch serves both the file's running statistics (from the
+    spoken windows only) and the model, with the probabilities of the two computed apart."""
+    import models.av_emotion as av_emotion
+    from models.av_emotion import AVEmotionClassifier, SpeakerMoments
+    from preprocess.timeline import SpeechEmotion, evaluation_wave, padded_batch
+    torch.manual_seed(0)
+    model = AVEmotionClassifier(modalities="a", num_classes=3, audio_encoder=MelEncoder(n_mels=16)).eval()
+    prior = torch.stack([torch.linspace(-1, 1, 16), torch.linspace(0.5, 2, 16)])
+    settings = {"trim_db": 0, "max_audio_seconds": 60, "speaker_norm": True}
+    speech = SpeechEmotion(model, ["a", "b", "c"], settings, speaker_prior=prior)
+    waves = [torch.randn(16000) * 0.1, torch.randn(12000) * 0.3]
+    calls, real_log_mel = [], av_emotion.log_mel
+    monkeypatch.setattr(av_emotion, "log_mel", lambda *args, **kwargs: calls.append(1) or real_log_mel(*args, **kwargs))
+    probabilities = speech.classify(waves, spoken=[True, False])
+    assert len(calls) == 1
+    batch, lengths = padded_batch([evaluation_wave(w, trim_db=0, max_seconds=60) for w in waves])
+    stats = SpeakerMoments(prior).update(*model.audio.clip_log_mels(batch[:1], lengths[:1]))  # the spoken window only
+    with torch.no_grad():
+        expected = model({"audio": batch, "audio_lengths": lengths, "speaker_stats": stats[None].expand(2, -1, -1)}).softmax(-1)
+    np.testing.assert_allclose(probabilities, expected.numpy(), atol=1e-5)
