@@ -304,6 +304,6 @@ def test_recipe_sets_defaults_and_given_flags_still_win():
     args = train_meld.parse_args(["--data", "MELD", "--recipe", "text"])
     assert {key: getattr(args, key) for key in train_meld.RECIPES["text"]} == train_meld.RECIPES["text"]
     args = train_meld.parse_args(["--data", "MELD", "--recipe", "text", "--ensemble", "2", "--text-model", "other", "--seed", "7"])
-    assert (args.ensemble, args.text_model, args.seed, args.text_joint, args.epochs) == (2, "other", 7, True, 2)
+    assert (args.ensemble, args.text_model, args.seed, args.text_joint, args.epochs) == (2, "other", 7, True, 3)
     plain = train_meld.parse_args(["--data", "MELD"])
     assert (plain.ensemble, plain.text_joint, plain.amp, plain.text_model, plain.epochs) == (1, False, False, None, 20)
