@@ -5,9 +5,12 @@ frozen encoder, or fine-tuned for one epoch on train first:
     python train_meld.py --data MELD/ -mod t --text-model weights/all-MiniLM-L6-v2 --out runs/meld/text
     python train_meld.py --data MELD/ -mod t --text-model weights/all-MiniLM-L6-v2 --text-finetune-epochs 1 --text-finetune-lr 1e-4 --epochs 10 --out runs/meld/text-ft
 The best text recipe (--recipe text, `make weights-mpnet` first: all-mpnet-base-v2 trained together with the
-dialogue model (--text-joint) for 3 epochs, encoder at 5e-5, 4 dialogues a batch, bf16 encoder); the same as
+dialogue model (--text-joint) for 3 epochs, encoder at 5e-5, 4 dialogues a batch, class weights (N / (K n_c))^(1/4),
+bf16 encoder); the same as
     python train_meld.py --data MELD/ --recipe text
-    python train_meld.py --data MELD/ -mod t --text-model weights/all-mpnet-base-v2 --text-joint --text-finetune-lr 5e-5 --epochs 3 --batch-size 4 --amp --seed 0
+    python train_meld.py --data MELD/ -mod t --text-model weights/all-mpnet-base-v2 --text-joint --text-finetune-lr 5e-5 --epochs 3 --batch-size 4 --class-weights fourth-root --amp --seed 0
+An ensemble of 2 runs (seeds 0 and 1, mean probabilities), trained side by side, one process and half the threads each:
+    python train_meld.py --data MELD/ --recipe text --ensemble 2 --member-processes 2
 Text + audio + video with the released clips, wav2vec2 and ResNet-50 ImageNet weights from local folders:
     python train_meld.py --data MELD.Raw/ -mod tav --text-model weights/all-MiniLM-L6-v2 --audio-model weights/wav2vec2-base-960h --video-weights weights/resnet50.pth
 Per-utterance model (no dialogue context) with an SVM head fitted on the train features:
@@ -40,7 +43,10 @@ per member only) those files per member in member_K/, and a top-level metrics.js
 "test": ...} of the mean of the members' probabilities.
 """
 import argparse
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -63,10 +69,11 @@ from preprocess.meld import EMOTIONS, SPLIT_CLIP_DIRS, SPLIT_CSV, dialogues, fin
 MODALITIES = ["t", "a", "v", "ta", "tv", "av", "tav"]
 # --recipe NAME: the best measured single command, as defaults that explicit flags still override (RESULTS.md)
 RECIPES = {"text": {"modalities": "t", "text_model": "weights/all-mpnet-base-v2", "text_joint": True, "text_finetune_lr": 5e-5,
-                    "epochs": 3, "batch_size": 4, "amp": True, "seed": 0}}
+                    "epochs": 3, "batch_size": 4, "class_weights": "fourth-root", "amp": True, "seed": 0}}
 CLASS_WEIGHTS = {"none": lambda counts: np.ones(len(counts)),
                  "inverse": lambda counts: counts.sum() / (len(counts) * np.maximum(counts, 1)),
-                 "sqrt": lambda counts: np.sqrt(counts.sum() / (len(counts) * np.maximum(counts, 1)))}
+                 "sqrt": lambda counts: np.sqrt(counts.sum() / (len(counts) * np.maximum(counts, 1))),
+                 "fourth-root": lambda counts: (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** 0.25}
 
 
 def build_parser():
@@ -101,11 +108,12 @@ def build_parser():
     train.add_argument("--batch-size", type=int, default=16, help="global dialogues (utterances with --context none) per batch (default %(default)s)")
     train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW, one-cycle schedule (default %(default)s)")
     train.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default %(default)s)")
-    train.add_argument("--class-weights", default="sqrt", choices=sorted(CLASS_WEIGHTS), help="cross-entropy class weights from the train counts (default %(default)s)")
+    train.add_argument("--class-weights", default="sqrt", choices=sorted(CLASS_WEIGHTS), help="cross-entropy class weights (N / (K n_c))^p from the train counts: none p=0, inverse 1, sqrt 1/2, fourth-root 1/4 (default %(default)s)")
     run = parser.add_argument_group("Run")
     run.add_argument("--out", help="run folder (default: a new runs/meld/NNN)")
     run.add_argument("--recipe", choices=sorted(RECIPES), help="defaults of the best measured recipe, flags given still win (default: none)")
     run.add_argument("--ensemble", type=int, default=1, help="N > 1: N runs with seeds --seed.., scored by their mean probabilities (default %(default)s)")
+    run.add_argument("--member-processes", type=int, default=1, help="ensemble members trained at once, each in its own process with a share of the threads; 1 under torchrun (default %(default)s)")
     run.add_argument("--resume", action="store_true", help="continue from last.pt in --out, same flags (default: off)")
     add_logistics_args(parser, default_seed=3)
     return parser
@@ -418,12 +426,14 @@ def fit_member(splits, csv_problems, args, run_dir, device, dist):
                        "feature_std": {m: torch.from_numpy(s[1]) for m, s in stats.items()}}
     train_model = DistributedDataParallel(model) if dist.enabled else model
     generator = torch.Generator()
+    best_in_memory = None  # {split: probabilities} of the best checkpoint while the model holds its weights
+    tag = f"seed {args.seed} " if args.member_processes > 1 else ""  # members side by side: whose line it is
     for epoch in range(start_epoch, args.epochs):
         train_model.train()
         generator.manual_seed(args.seed + epoch)
         started, loss_sum, batches = time.time(), 0.0, 0
         for features, lengths, labels, _ in progress(training_batches(data["train"], args, generator, device, dist), total=steps_per_epoch,
-                                                     enabled=dist.is_main, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False):
+                                                     enabled=dist.is_main, desc=f"{tag}epoch {epoch + 1}/{args.epochs}", leave=False):
             logits = train_model(features, lengths)
             # class-weighted mean over the utterances of the GLOBAL batch (the ranks' dialogues differ in length)
             labels = labels.flatten()
@@ -437,26 +447,31 @@ def fit_member(splits, csv_problems, args, run_dir, device, dist):
         if not dist.is_main:
             barrier(dist)  # rank 0 evaluates and writes
             continue
-        dev = classification_report(labels_of(data["dev"]), predict(model, data["dev"], args, device).argmax(1), class_names=list(EMOTIONS))
+        dev_probabilities = predict(model, data["dev"], args, device)
+        dev = classification_report(labels_of(data["dev"]), dev_probabilities.argmax(1), class_names=list(EMOTIONS))
         improved = dev["weighted_f1"] > best_score
+        best_in_memory = {"dev": dev_probabilities} if improved else None  # the weights in memory are model.pt's
         if improved:
             best_score, best_epoch = dev["weighted_f1"], epoch
             save_checkpoint(run_dir / "model.pt", {"model": model.state_dict(), "epoch": epoch, **checkpoint_info})
         save_training_state(run_dir / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler,
                             epoch=epoch, best_score=best_score, best_epoch=best_epoch)
-        print(f"epoch {epoch + 1}: loss {loss_sum / max(1, batches):.3f}  dev weighted-F1 {dev['weighted_f1']:.3f}  accuracy {dev['accuracy']:.3f}  "
+        print(f"{tag}epoch {epoch + 1}: loss {loss_sum / max(1, batches):.3f}  dev weighted-F1 {dev['weighted_f1']:.3f}  accuracy {dev['accuracy']:.3f}  "
               f"macro-F1 {dev['macro_f1']:.3f}{'  *' if improved else ''}  ({time.time() - started:.0f} s)", flush=True)
         barrier(dist)
     if not dist.is_main:
         return None
 
-    model.load_state_dict(load_checkpoint(run_dir / "model.pt")["model"])
+    if best_in_memory is None:
+        model.load_state_dict(load_checkpoint(run_dir / "model.pt")["model"])
+        best_in_memory = {}
     metrics = {"protocol": f"MELD official splits; trained on train, checkpoint = best dev weighted-F1 (epoch {best_epoch + 1}), test evaluated "
                            f"once; -mod {args.modalities}, context {args.context}, seed {args.seed}; F1 averaged per class (macro) and "
                            "weighted by support; majority baseline = most frequent train class",
                "skipped_utterances": len(failures)}
     evaluated = [split for split in ("dev", "test") if split in data]
-    probabilities = {split: predict(model, data[split], args, device) for split in evaluated}  # (N, classes) each
+    probabilities = {split: best_in_memory[split] if split in best_in_memory else predict(model, data[split], args, device)
+                     for split in evaluated}  # (N, classes) each
     labels = {"train": train_labels, **{split: labels_of(data[split]) for split in evaluated}}
     for split in evaluated:
         metrics[split] = classification_report(labels[split], probabilities[split].argmax(1), class_names=list(EMOTIONS), train_labels=train_labels)
@@ -483,10 +498,20 @@ def parse_args(argv):
     return args
 
 
+def start_member_process(threads, device):
+    """Each --member-processes worker: its share of the threads, and the parent's malloc setting."""
+    torch.set_num_threads(threads)
+    keep_freed_memory(device)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.ensemble < 1:
         raise InputError(f"--ensemble {args.ensemble}: give 1 or more members")
+    if args.member_processes < 1:
+        raise InputError(f"--member-processes {args.member_processes}: give 1 or more")
+    under_torchrun = int(os.environ.get("WORLD_SIZE", 1)) > 1  # the ranks share each member: one member at a time
+    args.member_processes = 1 if under_torchrun else min(args.member_processes, args.ensemble)
     if args.text_joint and (args.modalities != "t" or not args.text_model or args.text_finetune_epochs or args.text_context):
         raise InputError("--text-joint trains the text encoder itself: -mod t and --text-model DIR, without --text-finetune-epochs and --text-context")
     if args.text_finetune_lr is None and args.text_model:
@@ -497,12 +522,24 @@ def main(argv=None):
     csv_problems = []  # unparsable CSV rows: skipped, listed in failures.csv
     splits = load_splits(args.data, csv_problems)
     run_dir = Path(broadcast_object(dist, str(make_run_dir(args.out, args, default_root="runs/meld")) if dist.is_main else None))
-    results = []
-    for k in range(args.ensemble):  # member k: the same flags with --seed seed + k, in run_dir/member_k (one run: run_dir)
-        member = argparse.Namespace(**{**vars(args), "seed": args.seed + k})
-        if dist.is_main and args.ensemble > 1:
-            print(f"ensemble member {k + 1}/{args.ensemble} (seed {member.seed})", flush=True)
-        results.append(fit_member(splits, csv_problems, member, run_dir / f"member_{k + 1}" if args.ensemble > 1 else run_dir, device, dist))
+    # member k: the same flags with --seed seed + k, in run_dir/member_k (one run: run_dir)
+    members = [(splits, csv_problems, argparse.Namespace(**{**vars(args), "seed": args.seed + k}),
+                run_dir / f"member_{k + 1}" if args.ensemble > 1 else run_dir, device, dist) for k in range(args.ensemble)]
+    if args.member_processes > 1:
+        # small steps keep few threads busy: on a CPU, two members side by side on one thread each finish sooner
+        # than one after the other on two (RESULTS.md)
+        threads = max(1, torch.get_num_threads() // args.member_processes)
+        print(f"{args.ensemble} ensemble members (seeds {args.seed}-{args.seed + args.ensemble - 1}), {args.member_processes} at a time, "
+              f"{threads} thread(s) each", flush=True)
+        with ProcessPoolExecutor(args.member_processes, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=start_member_process, initargs=(threads, device)) as pool:
+            results = list(pool.map(fit_member, *zip(*members)))
+    else:
+        results = []
+        for k, member in enumerate(members):
+            if dist.is_main and args.ensemble > 1:
+                print(f"ensemble member {k + 1}/{args.ensemble} (seed {args.seed + k})", flush=True)
+            results.append(fit_member(*member))
     cleanup_distributed(dist)
     if not dist.is_main:
         return None

@@ -189,10 +189,30 @@ def test_ensemble_members_are_the_seeded_runs_and_their_mean_is_scored(meld, tex
     assert json.loads((tmp_path / "ensemble" / "metrics.json").read_text())["dev"] == metrics["dev"]
 
 
+def test_members_side_by_side_are_the_members_one_after_the_other(meld, text_encoder, cache, tmp_path):
+    """--member-processes 2 trains the two members in two processes (a share of the threads each): the same member
+    runs, probabilities and ensemble scores as --ensemble 2 alone (thread counts differ, so to 1e-4)."""
+    flags = ["-mod", "t", "--text-joint", "--text-finetune-lr", "1e-3", "--epochs", "2", "--ensemble", "2", "--seed", "5"]
+    apart = run(meld, text_encoder, cache, tmp_path / "apart", *flags)
+    together = run(meld, text_encoder, cache, tmp_path / "together", *flags, "--member-processes", "2")
+    for k in (1, 2):
+        expected, found = (np.load(tmp_path / name / f"member_{k}" / "predictions.npz") for name in ("apart", "together"))
+        for split in ("dev", "test"):
+            assert list(found[f"{split}_keys"]) == list(expected[f"{split}_keys"])
+            np.testing.assert_allclose(found[f"{split}_probabilities"], expected[f"{split}_probabilities"], atol=1e-4)
+    assert together["members"] == apart["members"] and together["dev"] == apart["dev"] and together["test"] == apart["test"]
+
+
 def test_resume_of_a_finished_run_reevaluates(meld, text_encoder, cache, tmp_path):
+    """The finished run scored dev with the weights in memory, the resumed one with model.pt reloaded: the same."""
     first = run(meld, text_encoder, cache, tmp_path / "run", "-mod", "t", "--epochs", "2")
+    first_predictions = dict(np.load(tmp_path / "run" / "predictions.npz"))
     again = run(meld, text_encoder, cache, tmp_path / "run", "-mod", "t", "--epochs", "2", "--resume")
     assert again["dev"] == first["dev"] and again["test"] == first["test"]
+    resumed = np.load(tmp_path / "run" / "predictions.npz")
+    for split in ("dev", "test"):
+        assert list(resumed[f"{split}_keys"]) == list(first_predictions[f"{split}_keys"])
+        np.testing.assert_allclose(resumed[f"{split}_probabilities"], first_predictions[f"{split}_probabilities"], atol=1e-6)
 
 
 def test_bad_input_is_one_clear_line(tmp_path, meld, capsys):
@@ -202,6 +222,8 @@ def test_bad_input_is_one_clear_line(tmp_path, meld, capsys):
     stderr = capsys.readouterr().err
     assert exit_info.value.code == 2 and stderr.strip().count("\n") == 0
     assert stderr.startswith("error: ") and "--text-model" in stderr
+    with pytest.raises(train_meld.InputError, match="--member-processes 0"):
+        train_meld.main([*argv, "--member-processes", "0"])
     with pytest.raises(train_meld.InputError, match="train_sent_emo.csv: not found"):
         train_meld.main(["--data", str(tmp_path), "--out", str(tmp_path / "run")])
 
@@ -298,6 +320,14 @@ def test_text_context_holds_only_earlier_utterances_of_the_same_dialogue(meld):
         earlier = sorted((u for u in utterances if u.dialogue == utterance.dialogue and u.utterance < utterance.utterance),
                          key=lambda u: u.utterance)[-2:]
         assert by_key[utterance.key] == " ".join(f"{u.speaker}: {u.text}" for u in earlier)
+
+
+def test_class_weights_are_powers_of_the_inverse_frequency():
+    counts = np.array([500, 120, 30, 0, 7])
+    inverse = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    for name, power in {"none": 0, "inverse": 1, "sqrt": 0.5, "fourth-root": 0.25}.items():
+        np.testing.assert_allclose(train_meld.CLASS_WEIGHTS[name](counts), inverse ** power, rtol=1e-12)
+    assert np.all(np.diff(train_meld.CLASS_WEIGHTS["fourth-root"](counts[:3])) > 0)  # rarer class, larger weight
 
 
 def test_recipe_sets_defaults_and_given_flags_still_win():
