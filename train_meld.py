@@ -39,7 +39,7 @@ Features are standardised with train statistics. Model: per-modality BiLSTM over
 Linear -> 7, class-weighted cross-entropy. Outputs in --out (default runs/meld/NNN): args.json, split.json,
 failures.csv, model.pt (best dev weighted-F1), last.pt (--resume), predictions.npz ({dev,test}_probabilities and
 _keys), metrics.json {"dev": ..., "test": ...[, "svm": ...]}; with --ensemble N (seeds --seed .. --seed+N-1, --svm
-per member only) those files per member in member_K/, and a top-level metrics.json {"members": [...], "dev": ...,
+per member only; --member-processes M trains M at a time, one at a time under torchrun) those files per member in member_K/, and a top-level metrics.json {"members": [...], "dev": ...,
 "test": ...} of the mean of the members' probabilities.
 """
 import argparse
@@ -108,12 +108,12 @@ def build_parser():
     train.add_argument("--batch-size", type=int, default=16, help="global dialogues (utterances with --context none) per batch (default %(default)s)")
     train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW, one-cycle schedule (default %(default)s)")
     train.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default %(default)s)")
-    train.add_argument("--class-weights", default="sqrt", choices=sorted(CLASS_WEIGHTS), help="cross-entropy class weights (N / (K n_c))^p from the train counts: none p=0, inverse 1, sqrt 1/2, fourth-root 1/4 (default %(default)s)")
+    train.add_argument("--class-weights", default="sqrt", choices=sorted(CLASS_WEIGHTS), help="loss class weights (N / (K n_c))^p: none 0, inverse 1, sqrt 1/2, fourth-root 1/4 (default %(default)s)")
     run = parser.add_argument_group("Run")
     run.add_argument("--out", help="run folder (default: a new runs/meld/NNN)")
     run.add_argument("--recipe", choices=sorted(RECIPES), help="defaults of the best measured recipe, flags given still win (default: none)")
     run.add_argument("--ensemble", type=int, default=1, help="N > 1: N runs with seeds --seed.., scored by their mean probabilities (default %(default)s)")
-    run.add_argument("--member-processes", type=int, default=1, help="ensemble members trained at once, each in its own process with a share of the threads; 1 under torchrun (default %(default)s)")
+    run.add_argument("--member-processes", type=int, default=1, help="ensemble members trained at once, a process and a share of the threads each (default %(default)s)")
     run.add_argument("--resume", action="store_true", help="continue from last.pt in --out, same flags (default: off)")
     add_logistics_args(parser, default_seed=3)
     return parser
