@@ -39,8 +39,9 @@ Features are standardised with train statistics. Model: per-modality BiLSTM over
 Linear -> 7, class-weighted cross-entropy. Outputs in --out (default runs/meld/NNN): args.json, split.json,
 failures.csv, model.pt (best dev weighted-F1), last.pt (--resume), predictions.npz ({dev,test}_probabilities and
 _keys), metrics.json {"dev": ..., "test": ...[, "svm": ...]}; with --ensemble N (seeds --seed .. --seed+N-1, --svm
-per member only; --member-processes M trains M at a time, one at a time under torchrun) those files per member in member_K/, and a top-level metrics.json {"members": [...], "dev": ...,
-"test": ...} of the mean of the members' probabilities.
+per member only; --member-processes M trains M at a time, one at a time under torchrun) those files per member in
+member_K/, and a top-level metrics.json {"members": [...], "dev": ..., "test": ...} of the mean of the members'
+probabilities.
 """
 import argparse
 import multiprocessing
