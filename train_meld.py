@@ -45,7 +45,6 @@ probabilities.
 """
 import argparse
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -71,10 +70,10 @@ MODALITIES = ["t", "a", "v", "ta", "tv", "av", "tav"]
 # --recipe NAME: the best measured single command, as defaults that explicit flags still override (RESULTS.md)
 RECIPES = {"text": {"modalities": "t", "text_model": "weights/all-mpnet-base-v2", "text_joint": True, "text_finetune_lr": 5e-5,
                     "epochs": 3, "batch_size": 4, "class_weights": "fourth-root", "amp": True, "seed": 0}}
-CLASS_WEIGHTS = {"none": lambda counts: np.ones(len(counts)),
-                 "inverse": lambda counts: counts.sum() / (len(counts) * np.maximum(counts, 1)),
-                 "sqrt": lambda counts: np.sqrt(counts.sum() / (len(counts) * np.maximum(counts, 1))),
-                 "fourth-root": lambda counts: (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** 0.25}
+# --class-weights NAME: (N / (K n_c)) ** power from the train counts n_c of the K classes (N utterances)
+CLASS_WEIGHT_POWERS = {"none": 0, "inverse": 1, "sqrt": 0.5, "fourth-root": 0.25}
+CLASS_WEIGHTS = {name: lambda counts, power=power: (counts.sum() / (len(counts) * np.maximum(counts, 1))) ** power
+                 for name, power in CLASS_WEIGHT_POWERS.items()}
 
 
 def build_parser():
@@ -427,7 +426,7 @@ def fit_member(splits, csv_problems, args, run_dir, device, dist):
                        "feature_std": {m: torch.from_numpy(s[1]) for m, s in stats.items()}}
     train_model = DistributedDataParallel(model) if dist.enabled else model
     generator = torch.Generator()
-    best_in_memory = None  # {split: probabilities} of the best checkpoint while the model holds its weights
+    best_dev_in_memory = None  # dev probabilities of the best checkpoint while the model holds its weights
     tag = f"seed {args.seed} " if args.member_processes > 1 else ""  # members side by side: whose line it is
     for epoch in range(start_epoch, args.epochs):
         train_model.train()
@@ -451,7 +450,7 @@ def fit_member(splits, csv_problems, args, run_dir, device, dist):
         dev_probabilities = predict(model, data["dev"], args, device)
         dev = classification_report(labels_of(data["dev"]), dev_probabilities.argmax(1), class_names=list(EMOTIONS))
         improved = dev["weighted_f1"] > best_score
-        best_in_memory = {"dev": dev_probabilities} if improved else None  # the weights in memory are model.pt's
+        best_dev_in_memory = dev_probabilities if improved else None  # the weights in memory are model.pt's
         if improved:
             best_score, best_epoch = dev["weighted_f1"], epoch
             save_checkpoint(run_dir / "model.pt", {"model": model.state_dict(), "epoch": epoch, **checkpoint_info})
@@ -463,15 +462,14 @@ def fit_member(splits, csv_problems, args, run_dir, device, dist):
     if not dist.is_main:
         return None
 
-    if best_in_memory is None:
+    if best_dev_in_memory is None:
         model.load_state_dict(load_checkpoint(run_dir / "model.pt")["model"])
-        best_in_memory = {}
     metrics = {"protocol": f"MELD official splits; trained on train, checkpoint = best dev weighted-F1 (epoch {best_epoch + 1}), test evaluated "
                            f"once; -mod {args.modalities}, context {args.context}, seed {args.seed}; F1 averaged per class (macro) and "
                            "weighted by support; majority baseline = most frequent train class",
                "skipped_utterances": len(failures)}
     evaluated = [split for split in ("dev", "test") if split in data]
-    probabilities = {split: best_in_memory[split] if split in best_in_memory else predict(model, data[split], args, device)
+    probabilities = {split: best_dev_in_memory if split == "dev" and best_dev_in_memory is not None else predict(model, data[split], args, device)
                      for split in evaluated}  # (N, classes) each
     labels = {"train": train_labels, **{split: labels_of(data[split]) for split in evaluated}}
     for split in evaluated:
@@ -511,14 +509,13 @@ def main(argv=None):
         raise InputError(f"--ensemble {args.ensemble}: give 1 or more members")
     if args.member_processes < 1:
         raise InputError(f"--member-processes {args.member_processes}: give 1 or more")
-    under_torchrun = int(os.environ.get("WORLD_SIZE", 1)) > 1  # the ranks share each member: one member at a time
-    args.member_processes = 1 if under_torchrun else min(args.member_processes, args.ensemble)
     if args.text_joint and (args.modalities != "t" or not args.text_model or args.text_finetune_epochs or args.text_context):
         raise InputError("--text-joint trains the text encoder itself: -mod t and --text-model DIR, without --text-finetune-epochs and --text-context")
     if args.text_finetune_lr is None and args.text_model:
         args.text_finetune_lr = finetune_lr(args.text_model)  # the encoder family's rate (models/text_encoder.py)
     device = resolve_device(args.device)
     dist = setup_distributed(device)
+    args.member_processes = 1 if dist.enabled else min(args.member_processes, args.ensemble)  # torchrun's ranks share each member
     keep_freed_memory(device)
     csv_problems = []  # unparsable CSV rows: skipped, listed in failures.csv
     splits = load_splits(args.data, csv_problems)
